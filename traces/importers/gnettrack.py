@@ -1,0 +1,67 @@
+"""G-NetTrack Pro style 5G/LTE drive-test CSVs (e.g. the uccmisl 5G production dataset).
+
+Columns used: ``Timestamp`` (``YYYY.MM.DD_hh.mm.ss``), ``SNR`` (dB), ``CQI``, ``RSRP`` (dBm),
+``DL_bitrate``/``UL_bitrate`` (units unstated upstream; kbit/s is consistent with the values and
+is the default of ``rate_unit``). ``-`` marks a missing value: forward-filled, and counted in the
+metadata. Rows with the same timestamp are averaged. The recorded SNR is a downlink measurement;
+with ``rate_from='csi'`` both directions are mapped from it (noted in the metadata).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from traces.format import TraceFormatError
+from traces.importers.common import RATE_UNITS, ImportOptions, fill_missing, finish, numeric_column
+
+TIME_FORMAT = "%Y.%m.%d_%H.%M.%S"
+
+
+def import_gnettrack(path: str | Path, opts: ImportOptions) -> "Trace":
+    """Import a G-NetTrack-style CSV as a canonical trace (rate from throughput or from CSI)."""
+    path = Path(path)
+    raw = pd.read_csv(path, dtype=str, keep_default_na=False, na_filter=False)
+    raw.columns = [c.strip() for c in raw.columns]
+    if "Timestamp" not in raw.columns:
+        raise TraceFormatError(path, 1, "Timestamp", "expected column is missing")
+    ts = pd.to_datetime(raw["Timestamp"].str.strip(), format=TIME_FORMAT, errors="coerce")
+    bad = np.flatnonzero(ts.isna())
+    if bad.size:
+        i = int(bad[0])
+        raise TraceFormatError(path, 2 + i, "Timestamp", f"{raw['Timestamp'].iloc[i]!r} is not YYYY.MM.DD_hh.mm.ss",
+                               list(raw.columns).index("Timestamp") + 1)
+    t_ms = (ts - ts.iloc[0]).dt.total_seconds().to_numpy() * 1000.0
+    back = np.flatnonzero(np.diff(t_ms) < 0)
+    if back.size:
+        raise TraceFormatError(path, 3 + int(back[0]), "Timestamp", "time goes backwards",
+                               list(raw.columns).index("Timestamp") + 1)
+    unit = RATE_UNITS[opts.rate_unit or "kbps"]
+    fields = {"snr": "SNR", "cqi": "CQI", "rsrp": "RSRP", "dl": "DL_bitrate", "ul": "UL_bitrate"}
+    values, filled = {}, {}
+    for key, col in fields.items():
+        v = numeric_column(path, raw, col)
+        values[key], filled[col] = fill_missing(v)
+    frame = pd.DataFrame({"t_ms": t_ms, **values}).groupby("t_ms", sort=True).mean()
+    dup = len(t_ms) - len(frame)
+    t = frame.index.to_numpy(dtype=float)
+    cols = {"t_ms": t, "snr_db_up": frame["snr"].to_numpy(), "snr_db_down": frame["snr"].to_numpy(),
+            "rsrp_dbm": frame["rsrp"].to_numpy()}
+    meta = {"source": "gnettrack", "file": path.name, "rate_from": opts.rate_from,
+            "duplicate_timestamps_merged": dup, "missing_values_filled": filled,
+            "rate_unit": opts.rate_unit or "kbps", "step_ms": float(np.median(np.diff(t))) if len(t) > 1 else 1000.0,
+            "note": "SNR is the recorded (downlink) SNR, used for both directions"}
+    if opts.rate_from == "throughput":
+        for d, key in (("down", "dl"), ("up", "ul")):
+            cols[f"rate_bps_{d}"] = frame[key].to_numpy() * unit
+            cols[f"delay_ms_{d}"] = np.full(len(t), opts.delay_ms)
+            cols[f"loss_{d}"] = np.full(len(t), opts.loss)
+        cols["cqi_up"] = cols["cqi_down"] = frame["cqi"].to_numpy()
+    else:
+        for d in ("up", "down"):
+            rate, delay, loss, cqi = opts.csi_link(cols[f"snr_db_{d}"])
+            cols[f"rate_bps_{d}"], cols[f"delay_ms_{d}"], cols[f"loss_{d}"] = rate, delay, loss
+            cols[f"cqi_{d}"] = cqi
+        meta["mapping"] = opts.mapping_meta()
+    return finish(cols, meta, opts)

@@ -1,0 +1,88 @@
+"""Mahimahi delivery-opportunity traces (``mm-link``): one integer per line, a millisecond at
+which one 1500-byte packet may be delivered; the file loops after its last timestamp.
+
+Opportunities are counted in bins of ``step_ms`` (default 100 ms) and turned into a rate in bit/s.
+A ``NAME.up``/``NAME.down`` pair is read together; a lone file fills the other direction as the
+options say. Mahimahi traces carry no delay or loss: ``delay_ms`` and ``loss`` options apply.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from traces.format import TraceFormatError
+from traces.importers.common import ImportOptions, fill_direction, finish
+
+PACKET_BYTES = 1500
+DEFAULT_BIN_MS = 100.0
+
+
+def read_opportunities(path: Path) -> np.ndarray:
+    """The delivery-opportunity timestamps (ms) of a Mahimahi file, validated."""
+    out = []
+    prev = -1
+    with open(path, encoding="utf-8", errors="replace") as f:
+        for lineno, line in enumerate(f, start=1):
+            s = line.strip()
+            if not s:
+                continue
+            if not s.isdigit():
+                raise TraceFormatError(path, lineno, None, f"expected a non-negative integer millisecond, got {s!r}", 1)
+            v = int(s)
+            if v < prev:
+                raise TraceFormatError(path, lineno, None, f"timestamps must not decrease ({prev} then {v})", 1)
+            out.append(v)
+            prev = v
+    if not out or out[-1] == 0:
+        raise TraceFormatError(path, None, None, "a Mahimahi trace needs a positive last timestamp")
+    return np.asarray(out, dtype=np.int64)
+
+
+def opportunities_to_rate(ts_ms: np.ndarray, bin_ms: float) -> tuple[np.ndarray, np.ndarray, float]:
+    """(bin start times ms, rate bit/s per bin, loop period ms) of opportunity timestamps."""
+    period = float(ts_ms[-1])
+    n = max(1, int(np.ceil(period / bin_ms)))
+    idx = np.minimum((ts_ms // bin_ms).astype(np.int64), n - 1)
+    counts = np.bincount(idx, minlength=n).astype(float)
+    widths = np.full(n, bin_ms)
+    widths[-1] = period - (n - 1) * bin_ms
+    return np.arange(n) * bin_ms, counts * PACKET_BYTES * 8 / (widths / 1000.0), period
+
+
+def _pair(path: Path) -> dict[str, Path]:
+    if path.suffix in (".up", ".down"):
+        other = path.with_suffix(".down" if path.suffix == ".up" else ".up")
+        found = {path.suffix[1:]: path}
+        if other.exists():
+            found[other.suffix[1:]] = other
+        return found
+    return {}
+
+
+def import_mahimahi(path: str | Path, opts: ImportOptions) -> "Trace":
+    """Import a Mahimahi trace (or an .up/.down pair) as a canonical trace."""
+    path = Path(path)
+    bin_ms = opts.step_ms or DEFAULT_BIN_MS
+    files = _pair(path) or {opts.direction if opts.direction != "both" else "down": path}
+    cols: dict = {}
+    meta = {"source": "mahimahi", "files": {d: p.name for d, p in files.items()},
+            "rate_from": "throughput", "packet_bytes": PACKET_BYTES}
+    periods = {}
+    series = {d: opportunities_to_rate(read_opportunities(p), bin_ms) for d, p in files.items()}
+    # Both directions share one time grid: loop the shorter one to the longer period.
+    n = max(len(t) for t, _, _ in series.values())
+    cols["t_ms"] = np.arange(n) * bin_ms
+    for d, (_, rate, period) in series.items():
+        periods[d] = period
+        cols[f"rate_bps_{d}"] = np.resize(rate, n)
+        cols[f"delay_ms_{d}"] = np.full(n, opts.delay_ms)
+        cols[f"loss_{d}"] = np.full(n, opts.loss)
+    if len(files) == 1:
+        meta["note"] = fill_direction(cols, next(iter(files)), opts)
+    meta["loop_period_ms"] = periods
+    meta["step_ms"] = float(bin_ms)
+    longest = max(periods.values())
+    if longest - (n - 1) * bin_ms != bin_ms:
+        meta["last_row_ms"] = float(longest - (n - 1) * bin_ms)
+    return finish(cols, meta, ImportOptions(**{**opts.__dict__, "step_ms": None}))

@@ -1,0 +1,68 @@
+"""20 ms 5G NSA modem logs (e.g. the Doubb/Self-Attention-based-5G-Uplink dataset): an uplink
+log with ``td`` (``YYYY-MM-DD hh:mm:ss.mmm``), ``5G_TBS``, ``5G_MCS``, ``5G_CQI``, ``5G_BLER`` (%),
+``5G_RSRP``, ``5G_RB`` and 4G counterparts; values are bin averages.
+
+Units the upstream leaves unstated, as options:
+* throughput: ``5G_TBS`` is read as bits per scheduled slot, times ``nr_slots_per_s``
+  (default 400: 30 kHz SCS has 2000 slots/s, and a DDDSU TDD pattern gives one in five to the
+  uplink);
+* CSI: ``5G_CQI`` (rounded) → efficiency by the chosen CQI table × bandwidth × (1 − overhead).
+Loss comes from the recorded first-transmission BLER through the HARQ model (independent
+retransmissions: residual = BLER^(max_retx+1)); HARQ adds harq_rtt_ms per expected retransmission.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from channel_models.cqi import cqi_efficiency
+from channel_models.mapping import HarqModel
+from traces.format import TraceFormatError
+from traces.importers.common import ImportOptions, fill_direction, fill_missing, finish, numeric_column
+
+
+def import_modem(path: str | Path, opts: ImportOptions) -> "Trace":
+    """Import a 20 ms modem log (one direction, uplink by default) as a canonical trace."""
+    path = Path(path)
+    raw = pd.read_csv(path, dtype=str, keep_default_na=False, na_filter=False)
+    raw.columns = [c.strip() for c in raw.columns]
+    if "td" not in raw.columns:
+        raise TraceFormatError(path, 1, "td", "expected column is missing")
+    ts = pd.to_datetime(raw["td"].str.strip(), format="%Y-%m-%d %H:%M:%S.%f", errors="coerce")
+    bad = np.flatnonzero(ts.isna())
+    if bad.size:
+        i = int(bad[0])
+        raise TraceFormatError(path, 2 + i, "td", f"{raw['td'].iloc[i]!r} is not YYYY-MM-DD hh:mm:ss.mmm", 1)
+    t_ms = (ts - ts.iloc[0]).dt.total_seconds().to_numpy() * 1000.0
+    nonmono = np.flatnonzero(np.diff(t_ms) <= 0)
+    if nonmono.size:
+        raise TraceFormatError(path, 3 + int(nonmono[0]), "td", "time is not increasing", 1)
+    have = "up" if opts.direction in ("both", "up") else "down"
+    filled = {}
+    v = {}
+    for col in ("5G_TBS", "5G_CQI", "5G_BLER", "5G_RSRP"):
+        v[col], filled[col] = fill_missing(numeric_column(path, raw, col, missing=""))
+    bler = np.clip(v["5G_BLER"] / 100.0, 0.0, 1.0)
+    harq = HarqModel()
+    residual = bler ** (harq.max_retx + 1)
+    extra = harq.harq_rtt_ms * sum(bler ** k for k in range(1, harq.max_retx + 1))
+    cqi = np.clip(np.round(v["5G_CQI"]), 0, 15)
+    cols = {"t_ms": t_ms, f"delay_ms_{have}": opts.delay_ms + extra, f"loss_{have}": residual,
+            f"cqi_{have}": cqi, "rsrp_dbm": v["5G_RSRP"]}
+    table = 2 if opts.mapping == "cqi2" else 1
+    if opts.rate_from == "throughput":
+        cols[f"rate_bps_{have}"] = v["5G_TBS"] * opts.nr_slots_per_s
+    else:
+        cols[f"rate_bps_{have}"] = cqi_efficiency(cqi.astype(int), table) * opts.bandwidth_hz * (1 - opts.overhead)
+    meta = {"source": "modem-20ms", "file": path.name, "rate_from": opts.rate_from,
+            "recorded_direction": have, "missing_values_filled": filled,
+            "tbs_unit": "bits per scheduled slot", "nr_slots_per_s": opts.nr_slots_per_s,
+            "loss_from": "5G_BLER via HARQ", "harq": harq.__dict__ if False else
+            {"max_retx": harq.max_retx, "harq_rtt_ms": harq.harq_rtt_ms},
+            "step_ms": float(np.median(np.diff(t_ms))) if len(t_ms) > 1 else 20.0}
+    if opts.rate_from == "csi":
+        meta["mapping"] = {"name": f"cqi{table}", "bandwidth_hz": opts.bandwidth_hz, "overhead": opts.overhead}
+    meta["note"] = fill_direction(cols, have, opts)
+    return finish(cols, meta, opts)

@@ -1,0 +1,1 @@
+"""WISV testbed: shared utilities and the command-line entry point."""
