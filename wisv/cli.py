@@ -5,6 +5,8 @@ import argparse
 import logging
 import sys
 
+from nodes import cli as models_cli
+from topologies import cli as link_cli
 from traces import cli as trace_cli
 from wisv import demo
 
@@ -15,6 +17,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = p.add_subparsers(dest="cmd", required=True)
     trace_cli.register(sub)
+    models_cli.register(sub)
+    link_cli.register(sub)
     demo.register(sub)
     return p
 
@@ -26,7 +30,7 @@ def main(argv: list[str] | None = None) -> int:
                         format="%(asctime)s %(name)s %(levelname)s %(message)s")
     try:
         return int(args.func(args) or 0)
-    except trace_cli.USER_ERRORS as e:
+    except (*trace_cli.USER_ERRORS, RuntimeError) as e:
         sys.stderr.write(f"wisv: error: {e}\n")
         return 2
     except KeyboardInterrupt:

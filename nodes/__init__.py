@@ -1,0 +1,1 @@
+"""Device and edge nodes: models, tasks, the speculative-decoding core and verification policies."""

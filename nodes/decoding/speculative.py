@@ -1,0 +1,196 @@
+"""The speculative decoding loop (gpt-fast-sized), split into a device-side :class:`Drafter`
+and an edge-side :class:`Verifier` so the nodes can put the network between them.
+
+Cache invariant: both caches hold key/values for a prefix of the committed sequence ``seq``;
+each forward feeds the committed tokens the cache lacks (at least the last one) plus new ones.
+After a round with ``n`` accepted tokens and a next token, both caches are cropped to the new
+``len(seq) - 1``: the last committed token is always fed again next round.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import torch
+
+from nodes.decoding.lm import CachedLM
+from nodes.decoding.policies import Verdict, VerificationPolicy, VerifyContext
+
+
+@dataclass(frozen=True)
+class SamplingConfig:
+    """temperature 0 = greedy; otherwise sample from softmax(logits / temperature)."""
+
+    temperature: float = 0.0
+    seed: int = 0
+
+    @property
+    def greedy(self) -> bool:
+        """True for greedy decoding."""
+        return self.temperature <= 0.0
+
+
+@dataclass
+class DraftBlock:
+    """γ draft tokens with the drafter's probabilities [γ, V] (sampling only) and the hidden
+    states [γ, Hd] that produced them; ``draft_ms`` is the drafter's compute time."""
+
+    tokens: list[int]
+    probs: torch.Tensor | None
+    hidden: torch.Tensor
+    draft_ms: float
+
+
+class Drafter:
+    """Device side: drafts γ tokens with a persistent KV cache, rolls back after each verdict."""
+
+    def __init__(self, model: torch.nn.Module, sampling: SamplingConfig = SamplingConfig()):
+        self.lm = CachedLM(model)
+        self.sampling = sampling
+        self.generator = torch.Generator().manual_seed(sampling.seed + 1)
+
+    def reset(self) -> None:
+        """Start a new request."""
+        self.lm.reset()
+
+    def draft(self, seq: list[int], gamma: int, eos_token_id: int | None = None) -> DraftBlock:
+        """Draft ``gamma`` tokens after the committed sequence ``seq`` (stops early at EOS)."""
+        t0 = time.perf_counter()
+        feed = seq[self.lm.cache_len:]
+        tokens: list[int] = []
+        probs, hidden = [], []
+        for _ in range(gamma):
+            logits, h = self.lm.forward(feed)
+            row = logits[-1]
+            if self.sampling.greedy:
+                tok = int(row.argmax())
+            else:
+                p = torch.softmax(row / self.sampling.temperature, dim=-1)
+                tok = int(torch.multinomial(p, 1, generator=self.generator))
+                probs.append(p)
+            tokens.append(tok)
+            hidden.append(h[-1])
+            feed = [tok]
+            if eos_token_id is not None and tok == eos_token_id:
+                break
+        return DraftBlock(tokens, torch.stack(probs) if probs else None, torch.stack(hidden),
+                          (time.perf_counter() - t0) * 1000.0)
+
+    def commit(self, seq_len: int) -> None:
+        """Roll the cache back to the committed ``seq_len - 1`` tokens (or fewer)."""
+        self.lm.crop(seq_len - 1)
+
+
+class Verifier:
+    """Edge side: one target forward over the draft; returns logits and hidden states."""
+
+    def __init__(self, model: torch.nn.Module):
+        self.lm = CachedLM(model)
+
+    def reset(self) -> None:
+        """Start a new request."""
+        self.lm.reset()
+
+    def score(self, seq: list[int], draft: list[int]) -> tuple[torch.Tensor, torch.Tensor, float]:
+        """(logits [γ+1, V], hidden [γ+1, H], verify_ms) of the draft after committed ``seq``."""
+        t0 = time.perf_counter()
+        logits, hidden = self.lm.forward(seq[self.lm.cache_len:] + draft)
+        g = len(draft)
+        return logits[-(g + 1):], hidden[-(g + 1):], (time.perf_counter() - t0) * 1000.0
+
+    def commit(self, seq_len: int) -> None:
+        """Roll the cache back to the committed ``seq_len - 1`` tokens."""
+        self.lm.crop(seq_len - 1)
+
+
+@dataclass
+class RoundRecord:
+    """One interaction round as the core sees it (the nodes add bytes, link and CSI fields)."""
+
+    round: int
+    drafted: int
+    accepted: int
+    accepted_exact: int
+    first_mismatch: int | None
+    harmless: int
+    draft_ms: float
+    verify_ms: float
+    policy_ms: float
+    tokens_out: int
+
+
+@dataclass
+class SpecResult:
+    """Output token ids (prompt excluded), the per-round records and totals."""
+
+    tokens: list[int]
+    rounds: list[RoundRecord] = field(default_factory=list)
+    wall_ms: float = 0.0
+
+    @property
+    def mean_accepted_len(self) -> float:
+        """Tokens per round, counting the next/bonus token (vLLM convention)."""
+        return len(self.tokens) / max(1, len(self.rounds))
+
+
+def speculative_generate(drafter: Drafter, verifier: Verifier, policy: VerificationPolicy, prompt: list[int],
+                         gamma: int = 4, max_new_tokens: int = 128, eos_token_id: int | None = None,
+                         csi: dict | None = None) -> SpecResult:
+    """Speculative decoding of ``prompt`` (token ids) in one process, round by round."""
+    if gamma < 1:
+        raise ValueError("gamma must be >= 1")
+    drafter.reset()
+    verifier.reset()
+    seq = list(prompt)
+    out: list[int] = []
+    result = SpecResult(out)
+    t_start = time.perf_counter()
+    while len(out) < max_new_tokens:
+        # 1. draft on the device
+        g = min(gamma, max_new_tokens - len(out))
+        block = drafter.draft(seq, g, eos_token_id)
+        # 2. one target forward over the draft on the edge
+        logits, hidden, verify_ms = verifier.score(seq, block.tokens)
+        # 3. the policy decides how many draft tokens stand
+        t0 = time.perf_counter()
+        ctx = VerifyContext(torch.tensor(block.tokens), logits, hidden, block.probs, block.hidden, csi,
+                            drafter.sampling.temperature, drafter.generator)
+        verdict: Verdict = policy.verify(ctx)
+        policy_ms = (time.perf_counter() - t0) * 1000.0
+        # 4. commit and roll both caches back
+        new = block.tokens[: verdict.n_accepted] + [verdict.next_token]
+        seq.extend(new)
+        out.extend(new)
+        verifier.commit(len(seq))
+        drafter.commit(len(seq))
+        result.rounds.append(RoundRecord(len(result.rounds), len(block.tokens), verdict.n_accepted,
+                                         verdict.n_exact, verdict.first_mismatch, verdict.n_harmless,
+                                         block.draft_ms, verify_ms, policy_ms, len(new)))
+        if eos_token_id is not None and eos_token_id in new:
+            del out[out.index(eos_token_id) + 1:]
+            break
+    del out[max_new_tokens:]
+    result.wall_ms = (time.perf_counter() - t_start) * 1000.0
+    return result
+
+
+def autoregressive_generate(model_or_lm: torch.nn.Module | CachedLM, prompt: list[int], max_new_tokens: int = 128,
+                            eos_token_id: int | None = None, sampling: SamplingConfig = SamplingConfig()) -> list[int]:
+    """Plain one-token-at-a-time decoding with a KV cache (the ``ar-edge`` baseline and reference)."""
+    lm = model_or_lm if isinstance(model_or_lm, CachedLM) else CachedLM(model_or_lm)
+    lm.reset()
+    gen = torch.Generator().manual_seed(sampling.seed + 2)
+    out: list[int] = []
+    feed = list(prompt)
+    while len(out) < max_new_tokens:
+        logits, _ = lm.forward(feed)
+        row = logits[-1]
+        if sampling.greedy:
+            tok = int(row.argmax())
+        else:
+            tok = int(torch.multinomial(torch.softmax(row / sampling.temperature, -1), 1, generator=gen))
+        out.append(tok)
+        if tok == eos_token_id:
+            break
+        feed = [tok]
+    return out

@@ -1,0 +1,82 @@
+"""Evaluate a drafter/target pair on a task: accuracy of each model and of speculative decoding,
+exact-match acceptance per draft position, greedy exactness and mean accepted length."""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import numpy as np
+
+from nodes.decoding import Drafter, ExactMatch, Verifier, autoregressive_generate, speculative_generate
+from nodes.decoding.lm import CachedLM
+from nodes.models import ModelPair, load_pair
+from nodes.tasks import ArithTask, Problem, load_gsm8k_jsonl, score
+
+
+@dataclass
+class EvalRun:
+    """Per-problem outputs of one decoding method."""
+
+    texts: list[str]
+    tokens: list[list[int]]
+    seconds: float
+
+
+def encode_prompt(pair: ModelPair, problem: Problem) -> list[int]:
+    """Token ids of a problem's prompt (with BOS, as in training)."""
+    return pair.tokenizer(problem.prompt)["input_ids"]
+
+
+def run_autoregressive(pair: ModelPair, model, problems: list[Problem], max_new_tokens: int) -> EvalRun:
+    """Greedy decoding of every problem by one model alone."""
+    lm = CachedLM(model)
+    texts, toks = [], []
+    t0 = time.perf_counter()
+    for p in problems:
+        out = autoregressive_generate(lm, encode_prompt(pair, p), max_new_tokens, pair.eos_token_id)
+        toks.append(out)
+        texts.append(pair.tokenizer.decode(out, skip_special_tokens=True))
+    return EvalRun(texts, toks, time.perf_counter() - t0)
+
+
+def accept_rate_by_position(rounds_lists, gamma: int) -> list[float]:
+    """P(draft token i stands by exact match | the round drafted ≥ i+1 tokens), i < gamma."""
+    reached = np.zeros(gamma)
+    accepted = np.zeros(gamma)
+    for rounds in rounds_lists:
+        for r in rounds:
+            reached[: r.drafted] += 1
+            accepted[: r.accepted_exact] += 1
+    return [float(a / n) if n else 0.0 for a, n in zip(accepted, reached)]
+
+
+def evaluate_pair(drafter_path=None, target_path=None, n_problems: int = 100, gamma: int = 4, dtype: str = "fp32",
+                  gsm8k: str | None = None, max_new_tokens: int = 128, split: str = "test") -> dict:
+    """Accuracy of target, drafter and greedy speculative decoding; acceptance by position."""
+    pair = load_pair(drafter_path, target_path, dtype=dtype)
+    problems = load_gsm8k_jsonl(gsm8k, n_problems) if gsm8k else ArithTask().problems(split, n_problems)
+    tgt = run_autoregressive(pair, pair.target, problems, max_new_tokens)
+    drf = run_autoregressive(pair, pair.drafter, problems, max_new_tokens)
+    d, v = Drafter(pair.drafter), Verifier(pair.target)
+    spec_tokens, rounds = [], []
+    t0 = time.perf_counter()
+    for p in problems:
+        r = speculative_generate(d, v, ExactMatch(), encode_prompt(pair, p), gamma, max_new_tokens, pair.eos_token_id)
+        spec_tokens.append(r.tokens)
+        rounds.append(r.rounds)
+    spec_s = time.perf_counter() - t0
+    spec_texts = [pair.tokenizer.decode(t, skip_special_tokens=True) for t in spec_tokens]
+    n_tok = sum(len(t) for t in spec_tokens)
+    n_rounds = sum(len(r) for r in rounds)
+    return {
+        "problems": len(problems), "gamma": gamma, "dtype": dtype,
+        "acc_target": float(np.mean([score(t, p) for t, p in zip(tgt.texts, problems)])),
+        "acc_drafter": float(np.mean([score(t, p) for t, p in zip(drf.texts, problems)])),
+        "acc_spec": float(np.mean([score(t, p) for t, p in zip(spec_texts, problems)])),
+        "greedy_exact": all(a == b for a, b in zip(spec_tokens, tgt.tokens)),
+        "accept_rate_by_pos": accept_rate_by_position(rounds, gamma),
+        "mean_accepted_len": n_tok / max(1, n_rounds),
+        "target_tok_s": sum(len(t) for t in tgt.tokens) / tgt.seconds,
+        "drafter_tok_s": sum(len(t) for t in drf.tokens) / drf.seconds,
+        "spec_tok_s": n_tok / spec_s,
+    }

@@ -1,0 +1,68 @@
+"""Load drafter/target causal-LM pairs from local Hugging Face folders (never from a hub).
+
+The same code serves the shipped default pair (``nodes/pretrained/default/{drafter,target}``) and
+a user's own pair on disk (e.g. Llama-3.2-1B / Llama-3.1-8B); the two must share a tokenizer.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+DEFAULT_DIR = Path(__file__).resolve().parent / "pretrained" / "default"
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+@dataclass
+class ModelPair:
+    """A drafter, a target and their shared tokenizer, on one device in one dtype."""
+
+    drafter: torch.nn.Module
+    target: torch.nn.Module
+    tokenizer: object
+    device: torch.device
+    dtype: torch.dtype
+
+    @property
+    def eos_token_id(self) -> int | None:
+        """The end-of-sequence id (stops decoding)."""
+        return self.tokenizer.eos_token_id
+
+
+def load_model(path: str | os.PathLike, device: str = "cpu", dtype: str = "fp32") -> torch.nn.Module:
+    """One causal LM from a local folder, in eval mode; FileNotFoundError if the folder is missing."""
+    from transformers import AutoModelForCausalLM
+
+    path = Path(path)
+    if not (path / "config.json").exists():
+        raise FileNotFoundError(f"{path}: no Hugging Face model here (config.json missing)")
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=DTYPES[dtype], local_files_only=True)
+    return model.to(device).eval()
+
+
+def load_tokenizer(path: str | os.PathLike):
+    """The tokenizer saved with a model folder (``tokenizer.json``), loaded offline."""
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(Path(path), local_files_only=True)
+
+
+def load_pair(drafter_path: str | os.PathLike | None = None, target_path: str | os.PathLike | None = None,
+              device: str = "cpu", dtype: str = "fp32") -> ModelPair:
+    """Load a drafter/target pair (default: the shipped pair); ValueError if their tokenizers differ."""
+    if dtype not in DTYPES:
+        raise ValueError(f"dtype must be one of {sorted(DTYPES)}")
+    drafter_path = Path(drafter_path or DEFAULT_DIR / "drafter")
+    target_path = Path(target_path or DEFAULT_DIR / "target")
+    for p in (drafter_path, target_path):
+        if not (p / "config.json").exists():
+            raise FileNotFoundError(f"{p}: no Hugging Face model here (config.json missing)")
+    tok_t = load_tokenizer(target_path)
+    tok_d = load_tokenizer(drafter_path)
+    if tok_t.get_vocab() != tok_d.get_vocab():
+        raise ValueError(f"{drafter_path} and {target_path} do not share a tokenizer")
+    torch.set_grad_enabled(False)
+    return ModelPair(drafter=load_model(drafter_path, device, dtype), target=load_model(target_path, device, dtype),
+                     tokenizer=tok_t, device=torch.device(device), dtype=DTYPES[dtype])

@@ -1,0 +1,167 @@
+"""Emulated links on real Mininet hosts with real tc/iptables shaping (root only).
+
+Tolerances here are looser than the benchmark's goals (benchmarks/link_conformance.py): CI runs
+on 2 shared cores. Every test builds its own namespaces and the network tears them down, also
+when the test fails.
+"""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from traces.synthetic import step_trace
+
+pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="network emulation needs root")
+REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="module")
+def support():
+    from topologies.probe import probe_backends
+
+    s = probe_backends()
+    if not (s.netem or s.nfqueue):
+        pytest.skip(f"no shaping backend here: {s.reasons}")
+    return s
+
+
+def backends(support):
+    return [b for b in ("netem", "nfqueue") if getattr(support, b)]
+
+
+@pytest.mark.parametrize("backend", ["nfqueue", "netem"])
+def test_link_conformance_rate_delay_loss(support, backend, tmp_path):
+    if not getattr(support, backend):
+        pytest.skip(f"{backend} backend not available on this kernel: {support.reasons.get(backend)}")
+    from topologies.linkcheck import run_link_check
+
+    trace = step_trace(100.0, 8.0, rates_bps=[4e6, 8e6, 16e6], delays_ms=[10.0, 20.0], losses=[0.0, 0.05], seed=1)
+    res = run_link_check(trace, backend=backend, duration_s=8.0, probe_pps=700, run_dir=tmp_path)
+    assert res["backend"] == backend and res["missed_steps"] == 0
+    for d in ("up", "down"):
+        r = res[d]
+        assert r["rate_error_pct"] < 8.0, r
+        assert abs(r["owd_median_error_ms"]) < 0.5, r
+        assert r["owd_p99_error_ms"] < 5.0, r
+        assert abs(r["loss_error_pp"]) < 2.0, r
+        assert r["reordered"] == 0
+        assert r["probes_sent"] > 2000
+
+
+def zmq_rtts_ms(net, out: Path, count: int = 60) -> np.ndarray:
+    """RTTs (ms) of ZeroMQ REQ/REP round trips of 100 B from the device to the edge."""
+    from topologies.net import EDGE_IP
+
+    until = time.monotonic() + 30
+    echo = net.edge.popen([sys.executable, "-m", "topologies.probe_traffic", "zmq-echo", "--bind", "tcp://0.0.0.0:5555",
+                           "--until", f"{until}"], stdout=subprocess.PIPE, cwd=str(REPO))
+    try:
+        assert echo.stdout.readline().strip() == b"ready"
+        ping = net.devices[0].popen([sys.executable, "-m", "topologies.probe_traffic", "zmq-ping", "--connect",
+                                     f"tcp://{EDGE_IP}:5555", "--count", str(count), "--out", str(out)], cwd=str(REPO))
+        assert ping.wait(timeout=30) == 0
+    finally:
+        echo.kill()
+        echo.wait()
+    return np.load(out)
+
+
+def test_zmq_rtt_is_twice_the_one_way_delay(support, tmp_path):
+    from topologies.net import EmulatedNetwork
+
+    with EmulatedNetwork(backend="auto", run_dir=tmp_path, initial=(50e6, 15.0, 0.0)) as net:
+        rtt = zmq_rtts_ms(net, tmp_path / "rtt.npy")
+    # 2 x 15 ms plus two 100-byte transmissions at 50 Mbit/s and the stack: well under 1 ms.
+    assert 30.0 <= float(np.median(rtt)) < 31.5, rtt
+
+
+def test_replay_10ms_steps_apply_fast_and_logged(support, tmp_path):
+    from topologies.net import EmulatedNetwork
+    from topologies.replayer import ReplayOptions, TraceReplayer
+
+    trace = step_trace(10.0, 5.0, rates_bps=[5e6, 10e6, 20e6, 40e6], delays_ms=[5.0, 15.0], losses=[0.0, 0.01], seed=2)
+    with EmulatedNetwork(run_dir=tmp_path) as net:
+        rep = TraceReplayer(net.links, [trace]).start()
+        rep.join(timeout=30)
+        shaper = net.links[0]["up"]
+        qdisc = shaper.qdisc_stats()
+        last = trace.data.iloc[-1]
+        assert f"rate {int(last['rate_bps_up'] / 1e6)}Mbit" in net.devices[0].cmd(
+            f"tc class show dev {shaper.sender.ifname}")
+    assert rep.log.missed == 0
+    assert len(rep.log.rows) == len(trace)
+    assert float(np.percentile(rep.log.apply_ms(), 99)) < 5.0
+    assert "htb" in qdisc
+
+
+def test_loop_slice_and_time_scale_options():
+    from topologies.replayer import ReplayOptions, prepare
+
+    trace = step_trace(100.0, 2.0, rates_bps=[1e6, 2e6], seed=3)
+    t = prepare(trace, ReplayOptions(start_ms=500.0, end_ms=1500.0, scale=2.0, loop_to_ms=5000.0))
+    assert t.duration_ms == pytest.approx(5000.0)
+    assert t.step_ms == 200.0
+
+
+def test_two_networks_at_once_do_not_collide(support, tmp_path):
+    from topologies.net import EmulatedNetwork
+
+    with EmulatedNetwork(run_dir=tmp_path / "a") as a, EmulatedNetwork(run_dir=tmp_path / "b") as b:
+        assert a.tag != b.tag
+        for net in (a, b):
+            assert len(zmq_rtts_ms(net, tmp_path / f"{net.tag}.npy", count=3)) == 3
+
+
+def test_star_with_two_devices_and_cross_traffic(support, tmp_path):
+    from topologies.net import EmulatedNetwork
+    from topologies.topo import CrossTraffic, Star
+
+    with EmulatedNetwork(Star(n_devices=2, cross_traffic=CrossTraffic(2e6), backhaul_rate_bps=50e6),
+                         run_dir=tmp_path, initial=(5e6, 5.0, 0.0)) as net:
+        assert len(net.devices) == 2 and len(net.links) == 2 and net.cross is not None
+        net.links[1]["down"].set(7e6, 8.0, 0.0)
+        classes = net.edge.cmd(f"tc class show dev {net.edge.intfList()[0].name}")
+        assert "rate 7Mbit" in classes and "rate 5Mbit" in classes
+        bridge = f"ap{net.tag}"
+        assert subprocess.run(["ip", "link", "show", bridge], capture_output=True).returncode == 0
+    assert subprocess.run(["ip", "link", "show", bridge], capture_output=True).returncode != 0
+
+
+def test_killed_run_leaves_nothing_after_cleanup(support, tmp_path):
+    """A run killed with SIGKILL: its hosts die with it, and what it left in the root namespace
+    (the access-point bridge) is removed by the next run's cleanup."""
+    script = textwrap.dedent(f"""
+        import sys, time
+        sys.path.insert(0, {str(REPO)!r})
+        from topologies.net import EmulatedNetwork
+        from topologies.topo import Star
+        net = EmulatedNetwork(Star(n_devices=1), run_dir={str(tmp_path)!r}).start()
+        print(net.tag, flush=True)
+        time.sleep(120)
+    """)
+    p = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    tag = p.stdout.readline().strip()
+    assert tag, "the child did not build its network"
+    p.send_signal(signal.SIGKILL)
+    p.wait()
+    from topologies.net import REGISTRY_DIR, cleanup_stale
+
+    assert (REGISTRY_DIR / f"net-{tag}.json").exists()
+    removed = cleanup_stale()
+    assert any(f"ap{tag}" in r for r in removed)
+    time.sleep(0.5)
+    links = subprocess.run(["ip", "-o", "link"], capture_output=True, text=True).stdout
+    assert tag not in links
+    ps = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True).stdout
+    assert f"mininet:d{tag}" not in ps and f"mininet:e{tag}" not in ps
+    assert "topologies.delay_element" not in ps or tag not in ps
+    assert not (REGISTRY_DIR / f"net-{tag}.json").exists()

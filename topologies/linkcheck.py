@@ -1,0 +1,179 @@
+"""``wisv link check``: build ``DeviceEdge``, replay a trace, send probes both ways and compare
+what the link did with what the trace intended.
+
+Phases (each direction independently, both at once):
+1. delay/loss probes: small UDP datagrams at ``probe_pps`` for the first half;
+2. bulk: UDP at 1.25× the highest rate of the phase, up then down, for a quarter each.
+
+Intended values come from the replayer's log of what was applied when. One-way delay intended
+for a probe follows an order-preserving delay line: release = max(arrival + delay in force,
+previous release), plus its serialisation time at the rate in force.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from topologies.net import EDGE_IP, EmulatedNetwork, device_ip
+from topologies.probe_traffic import UDP_IP_ETH_BYTES
+from topologies.replayer import ReplayOptions, StepLog, TraceReplayer
+from topologies.shapers import QueueLimit
+from topologies.topo import DeviceEdge
+from traces.format import Trace
+
+log = logging.getLogger(__name__)
+REPO = Path(__file__).resolve().parent.parent
+PROBE_PORT, BULK_PORT = 5001, 5002
+PROBE_SIZE, BULK_SIZE = 100, 1400
+
+
+@dataclass
+class CheckPlan:
+    """Timing of a link check (seconds from the replay start)."""
+
+    duration_s: float
+    probe_pps: float = 500.0
+    lead_s: float = 0.5  # set-up time before the replay starts
+
+    @property
+    def probe_window(self) -> tuple[float, float]:
+        """When the probes run."""
+        return 0.0, self.duration_s / 2
+
+    def bulk_window(self, direction: str) -> tuple[float, float]:
+        """When the bulk flow of ``direction`` runs."""
+        q = self.duration_s / 4
+        return (2 * q, 3 * q) if direction == "up" else (3 * q, 4 * q)
+
+
+def _in_force(steps: dict[str, np.ndarray], t: np.ndarray, col: str) -> np.ndarray:
+    """Value of ``col`` in force at monotonic seconds ``t`` (from the applied-step log)."""
+    idx = np.searchsorted(steps["applied_s"], t, side="right") - 1
+    return steps[col][np.clip(idx, 0, None)]
+
+
+def _steps(log_: StepLog) -> dict[str, np.ndarray]:
+    df = log_.frame()
+    return {c: df[c].to_numpy(dtype=float) for c in df.columns}
+
+
+def owd_errors(rx: np.ndarray, steps: dict, d: str) -> tuple[np.ndarray, int]:
+    """(measured − intended one-way delay in ms per received probe, reordered count)."""
+    if len(rx) == 0:
+        return np.zeros(0), 0
+    order = np.argsort(rx[:, 1])  # by send time
+    send_s = rx[order, 1] / 1e9
+    recv_s = rx[order, 2] / 1e9
+    delay = _in_force(steps, send_s, f"delay_ms_{d}") / 1000.0
+    rate = _in_force(steps, send_s, f"rate_bps_{d}")
+    tx = (rx[order, 3] + UDP_IP_ETH_BYTES) * 8 / rate
+    release = np.maximum.accumulate(send_s + tx + delay)
+    err_ms = (recv_s - send_s - (release - send_s)) * 1000.0
+    arrival_seq = rx[np.argsort(rx[:, 2]), 0]
+    reordered = int(np.sum(arrival_seq < np.maximum.accumulate(arrival_seq)))
+    return err_ms, reordered
+
+
+def rate_errors(rx: np.ndarray, steps: dict, d: str, window: tuple[float, float], win_s: float = 0.1) -> np.ndarray:
+    """Per 100 ms window: |delivered − intended| / intended (intended = rate × (1 − loss),
+    shifted by the one-way delay in force), after a 200 ms settling time."""
+    if len(rx) == 0:
+        return np.array([1.0])
+    recv_s = rx[:, 2] / 1e9
+    bits = (rx[:, 3] + UDP_IP_ETH_BYTES) * 8.0
+    t0, t1 = window
+    edges = np.arange(t0 + 0.2, t1 - win_s + 1e-9, win_s)
+    errs = []
+    for a in edges:
+        b = a + win_s
+        delivered = bits[(recv_s >= a) & (recv_s < b)].sum() / win_s
+        delay = _in_force(steps, np.array([a]), f"delay_ms_{d}")[0] / 1000.0
+        grid = np.linspace(a - delay, b - delay, 21)[:-1] + win_s / 40
+        intended = np.mean(_in_force(steps, grid, f"rate_bps_{d}") * (1 - _in_force(steps, grid, f"loss_{d}")))
+        errs.append(abs(delivered - intended) / intended)
+    return np.array(errs)
+
+
+def _popen(host, args: list[str]):
+    return host.popen([sys.executable, "-m", "topologies.probe_traffic", *args], stdout=subprocess.PIPE,
+                      stderr=subprocess.PIPE, cwd=str(REPO))
+
+
+def run_link_check(trace: Trace, backend: str = "auto", duration_s: float = 10.0, seed: int = 0,
+                   probe_pps: float = 500.0, run_dir: Path | None = None, queue: QueueLimit = QueueLimit()) -> dict:
+    """Run the check (needs root); returns the JSON-able result of ``wisv link check --json``."""
+    plan = CheckPlan(duration_s, probe_pps)
+    first = trace.data.iloc[0]
+    with EmulatedNetwork(DeviceEdge(), backend=backend, seed=seed, run_dir=run_dir, queue=queue,
+                         initial=(first["rate_bps_up"], first["delay_ms_up"], first["loss_up"])) as net:
+        dev, edge = net.devices[0], net.edge
+        net.links[0]["down"].set(first["rate_bps_down"], first["delay_ms_down"], first["loss_down"])
+        replayer = TraceReplayer(net.links, [trace], ReplayOptions(loop_to_ms=duration_s * 1000.0))
+        start = time.monotonic() + plan.lead_s
+        until = start + duration_s + 1.0
+        out = net.run_dir
+        ends = {"up": (dev, edge, EDGE_IP), "down": (edge, dev, device_ip(0))}
+        procs = []
+        for d, (src, dst, dst_ip) in ends.items():
+            for port, name in ((PROBE_PORT, "probe"), (BULK_PORT, "bulk")):
+                p = _popen(dst, ["recv", "--port", str(port), "--until", f"{until}", "--out", str(out / f"{name}-{d}.npy")])
+                if p.stdout.readline().decode().strip() != "ready":
+                    raise RuntimeError(f"probe receiver failed: {p.stderr.read().decode()}")
+                procs.append(p)
+        # Highest rate each bulk phase will meet (the trace is looped to the duration).
+        max_rate = {d: float(replayer.traces[0].data[f"rate_bps_{d}"].max()) for d in ends}
+        senders = {}
+        for d, (src, dst, dst_ip) in ends.items():
+            a, b = plan.probe_window
+            senders[f"probe-{d}"] = _popen(src, ["send", "--dst", dst_ip, "--port", str(PROBE_PORT), "--pps", f"{probe_pps}",
+                                                 "--size", str(PROBE_SIZE), "--start-at", f"{start + a}", "--duration", f"{b - a}"])
+            a, b = plan.bulk_window(d)
+            senders[f"bulk-{d}"] = _popen(src, ["send", "--dst", dst_ip, "--port", str(BULK_PORT), "--rate-bps",
+                                                f"{1.25 * max_rate[d]}", "--size", str(BULK_SIZE), "--start-at",
+                                                f"{start + a}", "--duration", f"{b - a}"])
+        replayer.start(start)
+        sent = {}
+        for name, p in senders.items():
+            o, e = p.communicate(timeout=duration_s + 60)
+            if p.returncode:
+                raise RuntimeError(f"{name} sender failed: {e.decode()}")
+            sent[name] = int(o.decode().strip() or 0)
+        for p in procs:
+            p.communicate(timeout=30)
+        replayer.stop()
+        element = {d: getattr(net.links[0][d], "element_stats", dict)() for d in ends}
+    steps = _steps(replayer.log)
+    result = {"backend": net.backend, "duration_s": duration_s, "steps": len(replayer.log.rows),
+              "step_apply_p99_ms": float(np.percentile(replayer.log.apply_ms(), 99)) if replayer.log.rows else None,
+              "step_apply_median_ms": float(np.median(replayer.log.apply_ms())) if replayer.log.rows else None,
+              "missed_steps": replayer.log.missed}
+    for d in ends:
+        probe = np.load(out / f"probe-{d}.npy")
+        bulk = np.load(out / f"bulk-{d}.npy")
+        err, reordered = owd_errors(probe, steps, d)
+        n_sent = sent[f"probe-{d}"]
+        a, b = plan.probe_window
+        send_times = start + a + np.arange(n_sent) / probe_pps
+        intended_loss = float(np.mean(_in_force(steps, send_times, f"loss_{d}"))) if n_sent else 0.0
+        measured_loss = 1.0 - len(probe) / n_sent if n_sent else 0.0
+        rerr = rate_errors(bulk, steps, d, tuple(start + x for x in plan.bulk_window(d)))
+        result[d] = {
+            "rate_error_pct": float(np.mean(rerr) * 100.0),
+            "owd_median_error_ms": float(np.median(err)) if len(err) else None,
+            "owd_p99_error_ms": float(np.percentile(err, 99)) if len(err) else None,
+            "loss_error_pp": (measured_loss - intended_loss) * 100.0,
+            "reordered": reordered,
+            "probes_sent": n_sent, "probes_received": int(len(probe)),
+            "loss_measured": measured_loss, "loss_intended": intended_loss,
+            "bulk_packets": int(len(bulk)), "element": element.get(d, {}),
+        }
+    (Path(out) / "linkcheck.json").write_text(json.dumps(result, indent=2) + "\n")
+    replayer.log.frame().to_csv(Path(out) / "link_steps.csv", index=False)
+    return result

@@ -1,0 +1,211 @@
+"""Build a topology as a Mininet network with shaped links, and tear it down — always.
+
+Mininet runs with ``controller=None`` (no Open vSwitch needed); hosts are linked directly
+(``DeviceEdge``) or through a ``LinuxBridge`` access point (``Star``). Node names carry a random
+per-run tag, so two runs at once do not collide. Everything a run creates in the root namespace
+is listed in a registry file (``/run/wisv/net-<tag>.json``); a later run removes what a killed
+run left behind (only its own entries: never ``mn -c``).
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import subprocess
+import tempfile
+import uuid
+from pathlib import Path
+
+from topologies.probe import probe_backends
+from topologies.shapers import BACKENDS, LinkEnd, LinkShaper, QueueLimit, host_cmd
+from topologies.tcbatch import TcBatch
+from topologies.topo import DeviceEdge, Star
+
+log = logging.getLogger(__name__)
+REGISTRY_DIR = Path(os.environ.get("WISV_REGISTRY_DIR", "/run/wisv"))
+EDGE_IP = "10.0.0.254"
+
+
+def device_ip(k: int) -> str:
+    """Address of device ``k`` (0-based)."""
+    return f"10.0.0.{k + 1}"
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+        return True
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+
+
+def cleanup_stale(registry_dir: Path = REGISTRY_DIR) -> list[str]:
+    """Remove what runs whose owner process is dead left in the root namespace; returns what
+    was removed. Touches only entries those runs registered."""
+    removed: list[str] = []
+    if not registry_dir.is_dir():
+        return removed
+    for entry in registry_dir.glob("net-*.json"):
+        try:
+            rec = json.loads(entry.read_text())
+        except (OSError, json.JSONDecodeError):
+            continue
+        if _pid_alive(int(rec.get("owner_pid", 0))):
+            continue
+        for hp in rec.get("host_pids", []):
+            pid, name = int(hp[0]), hp[1]
+            try:
+                cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")
+            except OSError:
+                continue
+            if f"mininet:{name}" in cmdline:  # the pid still belongs to that run's host shell
+                os.kill(pid, 9)
+                removed.append(f"host {name} (pid {pid})")
+        for ifname in rec.get("root_ifaces", []):
+            r = subprocess.run(["ip", "link", "del", ifname], capture_output=True)
+            if r.returncode == 0:
+                removed.append(f"interface {ifname}")
+        entry.unlink(missing_ok=True)
+    if removed:
+        log.warning("removed leftovers of killed runs: %s", ", ".join(removed))
+    return removed
+
+
+class EmulatedNetwork:
+    """A running emulated topology: ``devices`` (Mininet hosts), ``edge``, and per device
+    ``links[k]['up'|'down']`` (:class:`LinkShaper`). Use as a context manager."""
+
+    def __init__(self, topo: DeviceEdge | Star = DeviceEdge(), backend: str = "auto",
+                 queue: QueueLimit = QueueLimit(), seed: int = 0, run_dir: Path | None = None,
+                 initial: tuple[float, float, float] = (10e6, 10.0, 0.0)):
+        self.topo, self.queue, self.seed, self.initial = topo, queue, seed, initial
+        self.backend = probe_backends().choose(backend)
+        self.tag = uuid.uuid4().hex[:4]
+        self.run_dir = Path(run_dir or tempfile.mkdtemp(prefix=f"wisv-net-{self.tag}-"))
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self.net = None
+        self.devices: list = []
+        self.edge = None
+        self.cross = None
+        self.links: list[dict[str, LinkShaper]] = []
+        self._batches: dict[str, TcBatch] = {}
+        self._registry = REGISTRY_DIR / f"net-{self.tag}.json"
+        self._root_ifaces: list[str] = []
+
+    # ------------------------------------------------------------------ lifecycle
+    def __enter__(self) -> "EmulatedNetwork":
+        try:
+            return self.start()
+        except BaseException:
+            self.stop()
+            raise
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+    def start(self) -> "EmulatedNetwork":
+        """Build hosts and links, turn offloads off, install the shapers."""
+        from mininet.log import setLogLevel
+        from mininet.net import Mininet
+        from mininet.node import Host
+
+        setLogLevel("error")
+        cleanup_stale()
+        self.net = Mininet(topo=None, build=False, controller=None, autoSetMacs=False, waitConnected=False)
+        t = self.tag
+        n = self.topo.n_devices
+        self.edge = self.net.addHost(f"e{t}", cls=Host, ip=f"{EDGE_IP}/24")
+        self.devices = [self.net.addHost(f"d{t}{k}", cls=Host, ip=f"{device_ip(k)}/24") for k in range(n)]
+        if isinstance(self.topo, Star):
+            from mininet.nodelib import LinuxBridge
+
+            ap = self.net.addSwitch(f"ap{t}", cls=LinuxBridge, stp=False)
+            self._root_ifaces.append(f"ap{t}")
+            for d in self.devices:
+                self.net.addLink(d, ap)
+            self.net.addLink(self.edge, ap)
+            if self.topo.cross_traffic is not None:
+                self.cross = self.net.addHost(f"x{t}", cls=Host, ip="10.0.0.200/24")
+                self.net.addLink(self.cross, ap)
+        else:
+            self.net.addLink(self.devices[0], self.edge)
+        self._write_registry()
+        self.net.build()
+        self.net.start()
+        self._write_registry()
+        for h in self.net.hosts:
+            for intf in h.intfList():
+                if intf.name != "lo":
+                    h.cmd(f"ethtool -K {intf.name} tso off gso off gro off 2>/dev/null")
+        if isinstance(self.topo, Star):
+            for intf in self.net.switches[0].intfList():
+                if intf.name != "lo":
+                    subprocess.run(["ethtool", "-K", intf.name, "tso", "off", "gso", "off", "gro", "off"],
+                                   capture_output=True)
+        self._install_shapers()
+        log.info("network %s up: %s, backend %s, run dir %s", t, self.topo.name, self.backend, self.run_dir)
+        return self
+
+    def _batch(self, host) -> TcBatch:
+        if host.name not in self._batches:
+            self._batches[host.name] = TcBatch(host, self.run_dir / f"tc-{host.name}.log")
+        return self._batches[host.name]
+
+    def _install_shapers(self) -> None:
+        cls = BACKENDS[self.backend]
+        edge_if = self.edge.intfList()[0].name
+        shared = isinstance(self.topo, Star)
+        if shared:  # one root HTB on the edge's shared egress; a class per device, by destination
+            host_cmd(self.edge, f"tc qdisc replace dev {edge_if} root handle 1: htb default 99")
+            host_cmd(self.edge, f"tc class replace dev {edge_if} parent 1: classid 1:99 htb rate 10gbit quantum 1514")
+        for k, dev in enumerate(self.devices):
+            dev_if = dev.intfList()[0].name
+            up = cls(LinkEnd(dev, dev_if), LinkEnd(self.edge, edge_if), self._batch(dev), self.queue,
+                     seed=self.seed * 1000 + 2 * k, log_dir=self.run_dir,
+                     match_src=device_ip(k) if shared else None, index=2 * k)
+            down = cls(LinkEnd(self.edge, edge_if), LinkEnd(dev, dev_if), self._batch(self.edge), self.queue,
+                       seed=self.seed * 1000 + 2 * k + 1, log_dir=self.run_dir,
+                       match_dst=device_ip(k) if shared else None, index=2 * k + 1)
+            up.setup(*self.initial)
+            down.setup(*self.initial)
+            self.links.append({"up": up, "down": down})
+        if isinstance(self.topo, Star) and self.topo.backhaul_rate_bps:
+            port = [i.name for i in self.net.switches[0].intfList() if i.link and self.edge in (i.link.intf1.node, i.link.intf2.node)][0]
+            rate = int(self.topo.backhaul_rate_bps)
+            for cmd in (f"tc qdisc replace dev {port} root handle 1: htb default 1",
+                        f"tc class replace dev {port} parent 1: classid 1:1 htb rate {rate}bit ceil {rate}bit quantum 1514",
+                        f"tc qdisc replace dev {port} parent 1:1 handle 10: {self.queue.tc_leaf()}"):
+                subprocess.run(cmd.split(), check=True, capture_output=True)
+
+    def _write_registry(self) -> None:
+        REGISTRY_DIR.mkdir(parents=True, exist_ok=True)
+        hosts = [[h.pid, h.name] for h in (self.net.hosts if self.net else []) if getattr(h, "pid", None)]
+        self._registry.write_text(json.dumps({"owner_pid": os.getpid(), "tag": self.tag,
+                                              "root_ifaces": self._root_ifaces, "host_pids": hosts}))
+
+    def stop(self) -> None:
+        """Tear everything down (idempotent; safe after a partial start)."""
+        errors = []
+        for pair in self.links:
+            for shaper in pair.values():
+                try:
+                    shaper.teardown()
+                except Exception as e:  # keep tearing down the rest
+                    errors.append(e)
+        self.links = []
+        for b in self._batches.values():
+            b.close()
+        self._batches = {}
+        if self.net is not None:
+            try:
+                self.net.stop()
+            except Exception as e:
+                errors.append(e)
+            self.net = None
+        for ifname in self._root_ifaces:
+            subprocess.run(["ip", "link", "del", ifname], capture_output=True)
+        self._registry.unlink(missing_ok=True)
+        if errors:
+            log.warning("teardown of %s had errors: %s", self.tag, errors)

@@ -1,0 +1,167 @@
+"""Replay a trace onto link shapers in real time, on the monotonic clock.
+
+Step i is due at ``start + t_ms[i]``; the replayer sleeps until then, applies both directions
+(rate through the persistent tc batch, delay/loss through the netem change or the delay
+element's control line) and logs when it was due, when it was applied and how long that took.
+A step whose successor is already due when its turn comes is *missed* (skipped, counted, never
+applied late out of order). ``on_step`` callbacks (e.g. the device's CSI report) see each
+applied row. Looping, slicing and time-scaling use ``traces.ops``.
+"""
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+import pandas as pd
+
+from traces.format import Trace
+from traces.ops import loop_trace, slice_trace, time_scale
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class ReplayOptions:
+    """start_ms/end_ms: slice of the trace; loop_to_ms: loop it to this length; scale: time factor."""
+
+    start_ms: float = 0.0
+    end_ms: float | None = None
+    loop_to_ms: float | None = None
+    scale: float = 1.0
+
+
+def prepare(trace: Trace, opts: ReplayOptions) -> Trace:
+    """Apply slice, time-scale and loop to a trace, in that order."""
+    t = trace
+    if opts.start_ms or opts.end_ms is not None:
+        t = slice_trace(t, opts.start_ms, opts.end_ms)
+    if opts.scale != 1.0:
+        t = time_scale(t, opts.scale)
+    if opts.loop_to_ms is not None:
+        t = loop_trace(t, opts.loop_to_ms)
+    return t
+
+
+@dataclass
+class StepLog:
+    """What was applied when: index, trace time, due and applied monotonic seconds, cost."""
+
+    rows: list[dict] = field(default_factory=list)
+    missed: int = 0
+
+    def frame(self) -> pd.DataFrame:
+        """The log as a DataFrame (one row per applied step)."""
+        return pd.DataFrame(self.rows)
+
+    def apply_ms(self) -> np.ndarray:
+        """Time from due to applied per step, in ms."""
+        return np.array([r["apply_ms"] for r in self.rows]) if self.rows else np.zeros(0)
+
+
+class TraceReplayer:
+    """Drives ``links`` (a list of ``{'up': shaper, 'down': shaper}``, one per device, each with
+    its own trace) from ``traces`` on a background thread."""
+
+    def __init__(self, links: list[dict], traces: list[Trace], opts: ReplayOptions = ReplayOptions(),
+                 on_step: Callable[[int, dict], None] | None = None):
+        if len(links) != len(traces):
+            raise ValueError("one trace per device link is needed")
+        self.links = links
+        self.traces = [prepare(t, opts) for t in traces]
+        self.on_step = on_step
+        self.log = StepLog()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.start_time: float | None = None
+        self.error: BaseException | None = None
+        # One merged timeline: (t_ms, device index, row index).
+        events = []
+        for k, t in enumerate(self.traces):
+            t0 = float(t.data["t_ms"].iloc[0])
+            for i, tm in enumerate(t.data["t_ms"].to_numpy(dtype=float)):
+                events.append((tm - t0, k, i))
+        events.sort()
+        self._events = events
+        self._cols = [{c: t.data[c].to_numpy(dtype=float) for c in t.data.columns} for t in self.traces]
+
+    @property
+    def duration_s(self) -> float:
+        """Length of the (prepared) replay in seconds."""
+        return max(t.duration_ms for t in self.traces) / 1000.0
+
+    def row(self, k: int, i: int) -> dict:
+        """Row ``i`` of device ``k``'s trace as a dict."""
+        return {c: float(v[i]) for c, v in self._cols[k].items()}
+
+    def apply(self, k: int, i: int) -> None:
+        """Apply row ``i`` of device ``k`` to both directions."""
+        c = self._cols[k]
+        self.links[k]["up"].set(c["rate_bps_up"][i], c["delay_ms_up"][i], c["loss_up"][i])
+        self.links[k]["down"].set(c["rate_bps_down"][i], c["delay_ms_down"][i], c["loss_down"][i])
+
+    def start(self, start_time: float | None = None) -> "TraceReplayer":
+        """Apply the first rows now and replay the rest on a thread; ``start_time`` is the
+        monotonic second the trace's t=0 maps to (default: now)."""
+        self.start_time = time.monotonic() if start_time is None else start_time
+        self._thread = threading.Thread(target=self._run, name="trace-replayer", daemon=True)
+        self._thread.start()
+        return self
+
+    def _run(self) -> None:
+        try:
+            ev = self._events
+            n = len(ev)
+            j = 0
+            while j < n and not self._stop.is_set():
+                t_ms, k, i = ev[j]
+                due = self.start_time + t_ms / 1000.0
+                now = time.monotonic()
+                if due > now:
+                    if self._stop.wait(due - now):
+                        break
+                # Skip this device's step if its next step is already due (missed, never applied late).
+                nxt = j + 1
+                late = False
+                while nxt < n and ev[nxt][1] != k:
+                    nxt += 1
+                if nxt < n and self.start_time + ev[nxt][0] / 1000.0 <= time.monotonic():
+                    late = True
+                if late:
+                    self.log.missed += 1
+                else:
+                    self.apply(k, i)
+                    applied = time.monotonic()
+                    self.log.rows.append({"step": i, "device": k, "t_ms": t_ms, "due_s": due, "applied_s": applied,
+                                          "apply_ms": (applied - due) * 1000.0, **{
+                                              f"{c}": float(self._cols[k][c][i]) for c in
+                                              ("rate_bps_up", "delay_ms_up", "loss_up", "rate_bps_down",
+                                               "delay_ms_down", "loss_down")}})
+                    if self.on_step is not None:
+                        self.on_step(k, self.row(k, i))
+                j += 1
+        except BaseException as e:  # surfaced by join()
+            self.error = e
+            log.exception("trace replay failed")
+
+    def stop(self) -> None:
+        """Stop replaying (the links keep their last values)."""
+        self._stop.set()
+        self.join()
+
+    def join(self, timeout: float | None = None) -> None:
+        """Wait for the replay to end; re-raise an error from the replay thread."""
+        if self._thread is not None:
+            self._thread.join(timeout)
+        if self.error is not None:
+            raise RuntimeError("trace replay failed") from self.error
+
+    def in_force(self, k: int, t_s: float) -> dict:
+        """The row of device ``k``'s trace in force ``t_s`` seconds after the replay start."""
+        t = self.traces[k]
+        period = t.duration_ms
+        rel = (t_s * 1000.0) % period if period else 0.0
+        return self.row(k, t.row_at(rel))
