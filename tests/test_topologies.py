@@ -38,23 +38,37 @@ def backends(support):
     return [b for b in ("netem", "nfqueue") if getattr(support, b)]
 
 
-@pytest.mark.parametrize("backend", ["nfqueue", "netem"])
-def test_link_conformance_rate_delay_loss(support, backend, tmp_path):
+def _check(support, backend, trace, tmp_path, duration_s=6.0, probe_pps=500.0):
     if not getattr(support, backend):
         pytest.skip(f"{backend} backend not available on this kernel: {support.reasons.get(backend)}")
     from topologies.linkcheck import run_link_check
 
-    trace = step_trace(100.0, 8.0, rates_bps=[4e6, 8e6, 16e6], delays_ms=[10.0, 20.0], losses=[0.0, 0.05], seed=1)
-    res = run_link_check(trace, backend=backend, duration_s=8.0, probe_pps=700, run_dir=tmp_path)
+    res = run_link_check(trace, backend=backend, duration_s=duration_s, probe_pps=probe_pps, run_dir=tmp_path)
     assert res["backend"] == backend and res["missed_steps"] == 0
+    return res
+
+
+@pytest.mark.parametrize("backend", ["nfqueue", "netem"])
+@pytest.mark.parametrize("step_ms,tolerance_pct", [(100.0, 5.0), (10.0, 10.0)])
+def test_rate_follows_trace(support, backend, step_ms, tolerance_pct, tmp_path):
+    trace = step_trace(step_ms, 6.0, rates_bps=[10e6, 20e6, 40e6], delays_ms=[10.0], seed=1)
+    res = _check(support, backend, trace, tmp_path)
+    for d in ("up", "down"):
+        assert res[d]["rate_error_pct"] < tolerance_pct, res[d]
+        assert res[d]["bulk_packets"] > 1000
+
+
+@pytest.mark.parametrize("backend", ["nfqueue", "netem"])
+def test_delay_changing_every_50ms_and_loss(support, backend, tmp_path):
+    trace = step_trace(50.0, 8.0, rates_bps=[20e6], delays_ms=[10.0, 30.0], losses=[0.05], seed=2, cycle_delays=True)
+    res = _check(support, backend, trace, tmp_path, duration_s=8.0, probe_pps=1300.0)
     for d in ("up", "down"):
         r = res[d]
-        assert r["rate_error_pct"] < 8.0, r
+        assert r["probes_sent"] >= 5000
         assert abs(r["owd_median_error_ms"]) < 0.5, r
-        assert r["owd_p99_error_ms"] < 5.0, r
-        assert abs(r["loss_error_pp"]) < 2.0, r
-        assert r["reordered"] == 0
-        assert r["probes_sent"] > 2000
+        assert r["owd_p99_error_ms"] < 5.0, r  # the goal of +2 ms is checked by the benchmark on an idle machine
+        assert abs(r["loss_error_pp"]) < 1.0, r
+        assert r["reordered"] <= 2, r  # see README: the kernel may swap two packets before the queue
 
 
 def zmq_rtts_ms(net, out: Path, count: int = 60) -> np.ndarray:
@@ -131,6 +145,10 @@ def test_star_with_two_devices_and_cross_traffic(support, tmp_path):
         net.links[1]["down"].set(7e6, 8.0, 0.0)
         classes = net.edge.cmd(f"tc class show dev {net.edge.intfList()[0].name}")
         assert "rate 7Mbit" in classes and "rate 5Mbit" in classes
+        assert all(p.poll() is None for p in net._procs)  # the cross-traffic sender and sink run
+        time.sleep(0.5)
+        rx = net.links[0]["up"].counters()["rx_bytes"]  # the edge's interface sees the cross traffic
+        assert rx > 2e6 / 8 * 0.5 * 0.5
         bridge = f"ap{net.tag}"
         assert subprocess.run(["ip", "link", "show", bridge], capture_output=True).returncode == 0
     assert subprocess.run(["ip", "link", "show", bridge], capture_output=True).returncode != 0

@@ -93,6 +93,7 @@ class EmulatedNetwork:
         self._batches: dict[str, TcBatch] = {}
         self._registry = REGISTRY_DIR / f"net-{self.tag}.json"
         self._root_ifaces: list[str] = []
+        self._procs: list[subprocess.Popen] = []
 
     # ------------------------------------------------------------------ lifecycle
     def __enter__(self) -> "EmulatedNetwork":
@@ -145,6 +146,8 @@ class EmulatedNetwork:
                     subprocess.run(["ethtool", "-K", intf.name, "tso", "off", "gso", "off", "gro", "off"],
                                    capture_output=True)
         self._install_shapers()
+        if isinstance(self.topo, Star) and self.topo.cross_traffic is not None:
+            self._start_cross_traffic()
         log.info("network %s up: %s, backend %s, run dir %s", t, self.topo.name, self.backend, self.run_dir)
         return self
 
@@ -179,6 +182,31 @@ class EmulatedNetwork:
                         f"tc qdisc replace dev {port} parent 1:1 handle 10: {self.queue.tc_leaf()}"):
                 subprocess.run(cmd.split(), check=True, capture_output=True)
 
+    def _start_cross_traffic(self) -> None:
+        """UDP from the cross-traffic host to the edge at the configured rate, until stop()."""
+        import sys
+        import time
+
+        ct = self.topo.cross_traffic
+        repo = str(Path(__file__).resolve().parent.parent)
+        if ct.tool == "iperf3":
+            self._procs.append(self.edge.popen(["iperf3", "-s", "-p", "5201"], stdout=subprocess.DEVNULL,
+                                               stderr=subprocess.DEVNULL))
+            time.sleep(0.2)
+            self._procs.append(self.cross.popen(["iperf3", "-c", EDGE_IP, "-p", "5201", "-u", "-b", str(int(ct.rate_bps)),
+                                                 "-t", "86400"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+            return
+        far = time.monotonic() + 86400
+        sink = self.edge.popen([sys.executable, "-m", "topologies.probe_traffic", "recv", "--port", "5900", "--until",
+                                f"{far}", "--out", str(self.run_dir / "cross-traffic.npy")],
+                               stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, cwd=repo)
+        sink.stdout.readline()
+        self._procs.append(sink)
+        self._procs.append(self.cross.popen([sys.executable, "-m", "topologies.probe_traffic", "send", "--dst", EDGE_IP,
+                                             "--port", "5900", "--rate-bps", f"{ct.rate_bps}", "--size", "1200",
+                                             "--start-at", f"{time.monotonic()}", "--duration", "86400"],
+                                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=repo))
+
     def _write_registry(self) -> None:
         REGISTRY_DIR.mkdir(parents=True, exist_ok=True)
         hosts = [[h.pid, h.name] for h in (self.net.hosts if self.net else []) if getattr(h, "pid", None)]
@@ -188,6 +216,11 @@ class EmulatedNetwork:
     def stop(self) -> None:
         """Tear everything down (idempotent; safe after a partial start)."""
         errors = []
+        for p in self._procs:
+            if p.poll() is None:
+                p.kill()
+            p.wait()
+        self._procs = []
         for pair in self.links:
             for shaper in pair.values():
                 try:

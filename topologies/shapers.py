@@ -55,9 +55,10 @@ class LinkEnd:
 
 
 def htb_words(rate_bps: float) -> str:
-    """HTB class parameters for a rate in bit/s (burst ≥ one timer tick of data, quantum one MTU)."""
+    """HTB class parameters for a rate in bit/s: the burst is 1.5 timer ticks of data (what HTB
+    needs to reach the rate) but at least two MTUs, so a slow link does not pass long bursts."""
     rate = max(int(rate_bps), 8000)
-    burst = max(15_000, rate // 8 // HZ)
+    burst = max(3028, int(rate / 8 / HZ * 1.5))
     return f"htb rate {rate}bit ceil {rate}bit burst {burst} cburst {burst} quantum 1514"
 
 
