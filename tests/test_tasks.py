@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-from nodes.tasks import ArithTask, Problem, extract_answer, load_gsm8k_jsonl, score
+from nodes.tasks import ArithTask, extract_answer, load_gsm8k_jsonl, score
 
 
 def test_problems_are_deterministic_checkable_and_split():

@@ -6,7 +6,6 @@ when the test fails.
 """
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
@@ -100,7 +99,7 @@ def test_zmq_rtt_is_twice_the_one_way_delay(support, tmp_path):
 
 def test_replay_10ms_steps_apply_fast_and_logged(support, tmp_path):
     from topologies.net import EmulatedNetwork
-    from topologies.replayer import ReplayOptions, TraceReplayer
+    from topologies.replayer import TraceReplayer
 
     trace = step_trace(10.0, 5.0, rates_bps=[5e6, 10e6, 20e6, 40e6], delays_ms=[5.0, 15.0], losses=[0.0, 0.01], seed=2)
     with EmulatedNetwork(run_dir=tmp_path) as net:

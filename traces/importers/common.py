@@ -127,6 +127,29 @@ def numeric_column(path, df: pd.DataFrame, col: str, header_line: int = 1, missi
     return num.to_numpy(dtype=float)
 
 
+def read_timed_csv(path, time_col: str, time_format: str, human_format: str,
+                   strictly_increasing: bool) -> tuple[pd.DataFrame, np.ndarray]:
+    """A CSV as strings plus its time column as ms since the first row; a bad or backward
+    time stamp raises TraceFormatError with the file, line and column."""
+    raw = pd.read_csv(path, dtype=str, keep_default_na=False, na_filter=False)
+    raw.columns = [c.strip() for c in raw.columns]
+    if time_col not in raw.columns:
+        raise TraceFormatError(path, 1, time_col, "expected column is missing")
+    col = list(raw.columns).index(time_col) + 1
+    ts = pd.to_datetime(raw[time_col].str.strip(), format=time_format, errors="coerce")
+    bad = np.flatnonzero(ts.isna())
+    if bad.size:
+        i = int(bad[0])
+        raise TraceFormatError(path, 2 + i, time_col, f"{raw[time_col].iloc[i]!r} is not {human_format}", col)
+    t_ms = (ts - ts.iloc[0]).dt.total_seconds().to_numpy() * 1000.0
+    step = np.diff(t_ms)
+    back = np.flatnonzero(step <= 0 if strictly_increasing else step < 0)
+    if back.size:
+        raise TraceFormatError(path, 3 + int(back[0]), time_col,
+                               "time is not increasing" if strictly_increasing else "time goes backwards", col)
+    return raw, t_ms
+
+
 def fill_missing(x: np.ndarray) -> tuple[np.ndarray, int]:
     """Forward-fill NaNs (then back-fill a leading gap); returns the array and how many were filled."""
     n = int(np.isnan(x).sum())

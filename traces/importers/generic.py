@@ -10,11 +10,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from traces.format import COLUMNS, TraceFormatError
+from traces.format import COLUMNS, Trace, TraceFormatError
 from traces.importers.common import TIME_UNITS, ImportOptions, fill_direction, finish, numeric_column
 
 
-def import_generic(path: str | Path, opts: ImportOptions) -> "Trace":
+def import_generic(path: str | Path, opts: ImportOptions) -> Trace:
     """Import any CSV through an explicit column map (see module doc)."""
     path = Path(path)
     if "t_ms" not in opts.columns:
@@ -31,7 +31,7 @@ def import_generic(path: str | Path, opts: ImportOptions) -> "Trace":
         if bad.size:
             raise TraceFormatError(path, 2 + int(bad[0]), src, "missing value", list(raw.columns).index(src) + 1)
         cols[canon] = v * opts.scales.get(canon, 1.0)
-    cols["t_ms"] = cols["t_ms"] * TIME_UNITS[opts.time_unit] / opts.scales.get("t_ms", 1.0) * opts.scales.get("t_ms", 1.0)
+    cols["t_ms"] = cols["t_ms"] * TIME_UNITS[opts.time_unit]  # after any --scale of the time column
     n = len(cols["t_ms"])
     present = [d for d in ("up", "down") if f"rate_bps_{d}" in cols or f"snr_db_{d}" in cols]
     if not present:

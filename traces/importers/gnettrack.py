@@ -13,30 +13,17 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from traces.format import TraceFormatError
-from traces.importers.common import RATE_UNITS, ImportOptions, fill_missing, finish, numeric_column
+from traces.format import Trace
+from traces.importers.common import RATE_UNITS, ImportOptions, fill_missing, finish, numeric_column, read_timed_csv
 
 TIME_FORMAT = "%Y.%m.%d_%H.%M.%S"
 
 
-def import_gnettrack(path: str | Path, opts: ImportOptions) -> "Trace":
+def import_gnettrack(path: str | Path, opts: ImportOptions) -> Trace:
     """Import a G-NetTrack-style CSV as a canonical trace (rate from throughput or from CSI)."""
     path = Path(path)
-    raw = pd.read_csv(path, dtype=str, keep_default_na=False, na_filter=False)
-    raw.columns = [c.strip() for c in raw.columns]
-    if "Timestamp" not in raw.columns:
-        raise TraceFormatError(path, 1, "Timestamp", "expected column is missing")
-    ts = pd.to_datetime(raw["Timestamp"].str.strip(), format=TIME_FORMAT, errors="coerce")
-    bad = np.flatnonzero(ts.isna())
-    if bad.size:
-        i = int(bad[0])
-        raise TraceFormatError(path, 2 + i, "Timestamp", f"{raw['Timestamp'].iloc[i]!r} is not YYYY.MM.DD_hh.mm.ss",
-                               list(raw.columns).index("Timestamp") + 1)
-    t_ms = (ts - ts.iloc[0]).dt.total_seconds().to_numpy() * 1000.0
-    back = np.flatnonzero(np.diff(t_ms) < 0)
-    if back.size:
-        raise TraceFormatError(path, 3 + int(back[0]), "Timestamp", "time goes backwards",
-                               list(raw.columns).index("Timestamp") + 1)
+    # Duplicate time stamps occur (merged below), so time only must not go backwards.
+    raw, t_ms = read_timed_csv(path, "Timestamp", TIME_FORMAT, "YYYY.MM.DD_hh.mm.ss", strictly_increasing=False)
     unit = RATE_UNITS[opts.rate_unit or "kbps"]
     fields = {"snr": "SNR", "cqi": "CQI", "rsrp": "RSRP", "dl": "DL_bitrate", "ul": "UL_bitrate"}
     values, filled = {}, {}

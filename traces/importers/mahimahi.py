@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from traces.format import TraceFormatError
+from traces.format import Trace, TraceFormatError
 from traces.importers.common import ImportOptions, fill_direction, finish
 
 PACKET_BYTES = 1500
@@ -60,7 +60,7 @@ def _pair(path: Path) -> dict[str, Path]:
     return {}
 
 
-def import_mahimahi(path: str | Path, opts: ImportOptions) -> "Trace":
+def import_mahimahi(path: str | Path, opts: ImportOptions) -> Trace:
     """Import a Mahimahi trace (or an .up/.down pair) as a canonical trace."""
     path = Path(path)
     bin_ms = opts.step_ms or DEFAULT_BIN_MS

@@ -15,30 +15,17 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 
 from channel_models.cqi import cqi_efficiency
 from channel_models.mapping import HarqModel
-from traces.format import TraceFormatError
-from traces.importers.common import ImportOptions, fill_direction, fill_missing, finish, numeric_column
+from traces.format import Trace
+from traces.importers.common import ImportOptions, fill_direction, fill_missing, finish, numeric_column, read_timed_csv
 
 
-def import_modem(path: str | Path, opts: ImportOptions) -> "Trace":
+def import_modem(path: str | Path, opts: ImportOptions) -> Trace:
     """Import a 20 ms modem log (one direction, uplink by default) as a canonical trace."""
     path = Path(path)
-    raw = pd.read_csv(path, dtype=str, keep_default_na=False, na_filter=False)
-    raw.columns = [c.strip() for c in raw.columns]
-    if "td" not in raw.columns:
-        raise TraceFormatError(path, 1, "td", "expected column is missing")
-    ts = pd.to_datetime(raw["td"].str.strip(), format="%Y-%m-%d %H:%M:%S.%f", errors="coerce")
-    bad = np.flatnonzero(ts.isna())
-    if bad.size:
-        i = int(bad[0])
-        raise TraceFormatError(path, 2 + i, "td", f"{raw['td'].iloc[i]!r} is not YYYY-MM-DD hh:mm:ss.mmm", 1)
-    t_ms = (ts - ts.iloc[0]).dt.total_seconds().to_numpy() * 1000.0
-    nonmono = np.flatnonzero(np.diff(t_ms) <= 0)
-    if nonmono.size:
-        raise TraceFormatError(path, 3 + int(nonmono[0]), "td", "time is not increasing", 1)
+    raw, t_ms = read_timed_csv(path, "td", "%Y-%m-%d %H:%M:%S.%f", "YYYY-MM-DD hh:mm:ss.mmm", strictly_increasing=True)
     have = "up" if opts.direction in ("both", "up") else "down"
     filled = {}
     v = {}
@@ -59,8 +46,7 @@ def import_modem(path: str | Path, opts: ImportOptions) -> "Trace":
     meta = {"source": "modem-20ms", "file": path.name, "rate_from": opts.rate_from,
             "recorded_direction": have, "missing_values_filled": filled,
             "tbs_unit": "bits per scheduled slot", "nr_slots_per_s": opts.nr_slots_per_s,
-            "loss_from": "5G_BLER via HARQ", "harq": harq.__dict__ if False else
-            {"max_retx": harq.max_retx, "harq_rtt_ms": harq.harq_rtt_ms},
+            "loss_from": "5G_BLER via HARQ", "harq": {"max_retx": harq.max_retx, "harq_rtt_ms": harq.harq_rtt_ms},
             "step_ms": float(np.median(np.diff(t_ms))) if len(t_ms) > 1 else 20.0}
     if opts.rate_from == "csi":
         meta["mapping"] = {"name": f"cqi{table}", "bandwidth_hz": opts.bandwidth_hz, "overhead": opts.overhead}

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from traces.format import TraceFormatError
+from traces.format import Trace, TraceFormatError
 from traces.importers.common import RATE_UNITS, TIME_UNITS, ImportOptions, fill_direction, finish
 
 _SPLIT = re.compile(r"[\s,;]+")
@@ -53,7 +53,7 @@ def _is_float(s: str) -> bool:
         return False
 
 
-def import_two_column(path: str | Path, opts: ImportOptions) -> "Trace":
+def import_two_column(path: str | Path, opts: ImportOptions) -> Trace:
     """Import a two-column time/throughput log as a canonical trace."""
     path = Path(path)
     t, v = read_two_column(path)
