@@ -47,3 +47,86 @@ def register(sub: argparse._SubParsersAction) -> None:
     e.add_argument("--gsm8k", help="GSM8K-style JSONL to score instead of the built-in task")
     e.add_argument("--max-new-tokens", type=int, default=128)
     e.set_defaults(func=cmd_eval)
+
+
+def cmd_edge(a: argparse.Namespace) -> int:
+    import logging
+    import signal
+
+    from nodes.edge import EdgeLimits, EdgeServer
+    from nodes.models import load_pair
+
+    pair = load_pair(a.drafter, a.target, dtype=a.dtype)
+    heads = {k: v for k, v in (("wisv-full", a.head), ("wisv-selective", a.head), ("wisv-target", a.head_target)) if v}
+    server = EdgeServer(pair.target, pair.eos_token_id, a.bind, EdgeLimits(max_gamma=a.max_gamma,
+                        max_sessions=a.max_sessions, max_message_bytes=a.max_message_bytes), a.token, heads)
+    signal.signal(signal.SIGTERM, lambda *_: server.stop())
+    logging.getLogger(__name__).info("edge serving on %s", server.endpoint)
+    sys.stdout.write(f"ready {server.endpoint}\n")
+    sys.stdout.flush()
+    try:
+        server.serve()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.close()
+    return 0
+
+
+def cmd_device(a: argparse.Namespace) -> int:
+    from nodes.device import DeviceClient, DeviceConfig
+    from nodes.evaluate import encode_prompt
+    from nodes.models import load_pair
+    from nodes.tasks import ArithTask, score
+    from nodes.telemetry import RoundLogger
+
+    pair = load_pair(a.drafter, a.target, dtype=a.dtype)
+    logger = RoundLogger(a.log) if a.log else None
+    cfg = DeviceConfig(protocol=a.protocol, gamma=a.gamma, temperature=a.temperature, hidden_dtype=a.hidden_dtype,
+                       timeout_ms=a.timeout_ms, retries=a.retries, token=a.token, run_id=a.run_id)
+    client = DeviceClient(pair.drafter, a.connect, cfg, pair.eos_token_id, logger)
+    client.hello()
+    correct = failed = tokens = rounds = 0
+    for p in ArithTask().problems("test", a.problems):
+        res = client.run(encode_prompt(pair, p), a.max_new_tokens, request_id=p.uid)
+        failed += not res.ok
+        tokens += len(res.tokens)
+        rounds += len(res.rounds)
+        correct += res.ok and score(pair.tokenizer.decode(res.tokens, skip_special_tokens=True), p)
+    client.close()
+    sys.stdout.write(json.dumps({"protocol": a.protocol, "problems": a.problems, "accuracy": correct / max(1, a.problems),
+                                 "failed": failed, "mean_accepted_len": tokens / max(1, rounds)}) + "\n")
+    return 1 if failed else 0
+
+
+def register_node(sub: argparse._SubParsersAction) -> None:
+    """Add the ``node`` command group (standalone edge and device processes)."""
+    p = sub.add_parser("node", help="run an edge or a device node (ZeroMQ)")
+    ns = p.add_subparsers(dest="node_cmd", required=True)
+    for name, func in (("edge", cmd_edge), ("device", cmd_device)):
+        q = ns.add_parser(name)
+        q.add_argument("--drafter")
+        q.add_argument("--target")
+        q.add_argument("--dtype", choices=["fp32", "bf16", "fp16"], default="fp32")
+        q.add_argument("--token", default="", help="shared secret the edge requires in hello")
+        q.set_defaults(func=func)
+        if name == "edge":
+            q.add_argument("--bind", default="tcp://0.0.0.0:5555")
+            q.add_argument("--head", help="decision head for wisv-full/-selective")
+            q.add_argument("--head-target", help="decision head for wisv-target")
+            q.add_argument("--max-gamma", type=int, default=32)
+            q.add_argument("--max-sessions", type=int, default=64)
+            q.add_argument("--max-message-bytes", type=int, default=8 << 20)
+        else:
+            q.add_argument("--connect", required=True)
+            q.add_argument("--protocol", default="vanilla",
+                           choices=["ar-edge", "vanilla", "wisv-full", "wisv-selective", "wisv-target"])
+            q.add_argument("--gamma", type=int, default=4)
+            q.add_argument("--temperature", type=float, default=0.0)
+            q.add_argument("--hidden-dtype", choices=["f16", "bf16", "f32", "i8"], default="f16")
+            q.add_argument("--timeout-ms", type=int, default=5000)
+            q.add_argument("--retries", type=int, default=3)
+            q.add_argument("--problems", type=int, default=10)
+            q.add_argument("--max-new-tokens", type=int, default=128)
+            q.add_argument("--log", help="per-round JSONL log")
+            q.add_argument("--run-id", default="")

@@ -18,6 +18,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="cmd", required=True)
     trace_cli.register(sub)
     models_cli.register(sub)
+    models_cli.register_node(sub)
     link_cli.register(sub)
     demo.register(sub)
     return p

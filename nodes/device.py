@@ -1,0 +1,212 @@
+"""The device node: the drafter behind a ZeroMQ DEALER, running requests round by round.
+
+Every exchange has a timeout and a bounded number of retries (the edge answers a duplicate
+with its previous reply), so a deep fade delays a round but never hangs a run: after the last
+retry the request fails with :class:`ExchangeTimeout`. Each finished round is appended to the
+round log at once.
+"""
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import Callable
+
+import torch
+import zmq
+
+from nodes.decoding import Drafter, SamplingConfig
+from nodes.protocols import get_protocol
+from nodes.telemetry import RoundLog, RoundLogger
+from nodes.wire import (Bye, Draft, Error, Hello, HelloAck, HiddenRequest, HiddenUpload, Message, Result, Start,
+                        Verdict, decode, encode, encoded_size)
+
+log = logging.getLogger(__name__)
+
+
+class ExchangeTimeout(RuntimeError):
+    """No reply after every retry."""
+
+
+class EdgeError(RuntimeError):
+    """The edge rejected a message; ``code`` as in :class:`nodes.wire.Error`."""
+
+    def __init__(self, code: str, message: str):
+        super().__init__(f"edge error {code}: {message}")
+        self.code = code
+
+
+@dataclass
+class DeviceConfig:
+    """protocol, gamma (draft length), temperature (0 = greedy), hidden_dtype on the wire,
+    timeout_ms per attempt, retries after the first attempt."""
+
+    protocol: str = "vanilla"
+    gamma: int = 4
+    temperature: float = 0.0
+    hidden_dtype: str = "f16"
+    timeout_ms: int = 5000
+    retries: int = 3
+    device_id: str = field(default_factory=lambda: f"dev-{uuid.uuid4().hex[:6]}")
+    token: str = ""
+    seed: int = 0
+    run_id: str = ""
+    max_message_bytes: int = 8 << 20
+
+
+@dataclass
+class RequestResult:
+    """Output tokens (prompt excluded) and per-round logs of one request."""
+
+    request_id: str
+    tokens: list[int]
+    rounds: list[RoundLog]
+    latency_ms: float
+    ok: bool = True
+    error: str = ""
+
+
+class DeviceClient:
+    """Connects to an edge and runs requests with one protocol."""
+
+    def __init__(self, drafter: torch.nn.Module, endpoint: str, config: DeviceConfig = DeviceConfig(),
+                 eos_token_id: int | None = None, round_logger: RoundLogger | None = None,
+                 csi: Callable[[], dict[str, float]] | None = None, curve_keys: tuple | None = None):
+        self.cfg = config
+        self.protocol = get_protocol(config.protocol)
+        self.drafter = Drafter(drafter, SamplingConfig(config.temperature, config.seed))
+        self.endpoint, self.eos = endpoint, eos_token_id
+        self.logger, self.csi = round_logger, csi or (lambda: {})
+        self.ctx = zmq.Context.instance()
+        self._curve = curve_keys
+        self.sock = None
+        self._connect()
+
+    def _connect(self) -> None:
+        if self.sock is not None:
+            self.sock.close(0)
+        self.sock = self.ctx.socket(zmq.DEALER)
+        self.sock.setsockopt(zmq.LINGER, 0)
+        self.sock.setsockopt(zmq.MAXMSGSIZE, self.cfg.max_message_bytes)
+        self.sock.setsockopt(zmq.IDENTITY, self.cfg.device_id.encode())
+        if self._curve is not None:  # (server public, client public, client secret)
+            self.sock.curve_serverkey, self.sock.curve_publickey, self.sock.curve_secretkey = self._curve
+        self.sock.connect(self.endpoint)
+
+    # ------------------------------------------------------------------ exchanges
+    def _exchange(self, msg: Message, expect: tuple[type, ...], stats: dict) -> Message:
+        frames = encode(msg, {"hidden": self.cfg.hidden_dtype, "probs": "f32"})
+        size = encoded_size(frames)
+        for attempt in range(self.cfg.retries + 1):
+            self.sock.send_multipart(frames)
+            stats["up_bytes"] += size
+            deadline = time.monotonic() + self.cfg.timeout_ms / 1000.0
+            while True:
+                left = deadline - time.monotonic()
+                if left <= 0 or not self.sock.poll(int(left * 1000) + 1):
+                    break
+                reply_frames = self.sock.recv_multipart()
+                stats["down_bytes"] += encoded_size(reply_frames)
+                reply = decode(reply_frames, self.cfg.max_message_bytes)
+                if isinstance(reply, Error):
+                    raise EdgeError(reply.code, reply.message)
+                if isinstance(reply, expect) and self._matches(msg, reply):
+                    stats["round_trips"] += 1
+                    return reply
+                # a late reply to an earlier attempt of another exchange: ignore it
+            stats["retries"] += 1
+            log.warning("%s: no reply to %s after %d ms (attempt %d)", self.cfg.device_id, msg.TYPE,
+                        self.cfg.timeout_ms, attempt + 1)
+        raise ExchangeTimeout(f"no reply to {msg.TYPE} after {self.cfg.retries + 1} attempts")
+
+    @staticmethod
+    def _matches(sent: Message, reply: Message) -> bool:
+        if isinstance(reply, HelloAck) or isinstance(sent, Hello):
+            return True
+        if getattr(reply, "request_id", None) != getattr(sent, "request_id", None):
+            return False
+        return getattr(sent, "round", -1) == getattr(reply, "round", getattr(sent, "round", -1))
+
+    def hello(self) -> HelloAck:
+        """Open the session."""
+        stats = _stats()
+        return self._exchange(Hello(self.cfg.device_id, self.protocol.name, self.cfg.gamma, self.cfg.temperature,
+                                    self.cfg.hidden_dtype, self.cfg.token, self.cfg.seed), (HelloAck,), stats)
+
+    def close(self) -> None:
+        """Say bye and close the socket."""
+        try:
+            self.sock.send_multipart(encode(Bye()))
+        finally:
+            self.sock.close(0)
+
+    # ------------------------------------------------------------------ a request
+    def run(self, prompt: list[int], max_new_tokens: int = 128, request_id: str | None = None) -> RequestResult:
+        """Run one request to completion; the result is marked failed (with partial rounds kept
+        in the log) when the edge stops answering or rejects it."""
+        rid = request_id or uuid.uuid4().hex[:12]
+        t0 = time.perf_counter()
+        rounds: list[RoundLog] = []
+        out: list[int] = []
+        try:
+            if self.protocol.edge_only:
+                stats = _stats()
+                t_wall = time.time()
+                res: Result = self._exchange(Start(rid, list(prompt), max_new_tokens), (Result,), stats)
+                out = list(res.tokens)
+                wall = (time.perf_counter() - t0) * 1000.0
+                rounds.append(self._log(rid, 0, len(out), 0, 0, -1, 0, out[-1] if out else -1, stats, 0.0, res.verify_ms,
+                                        0.0, wall, t_wall, {}))
+            else:
+                self._exchange(Start(rid, list(prompt), max_new_tokens), (Verdict,), _stats())
+                out = self._speculate(rid, list(prompt), max_new_tokens, rounds)
+        except (ExchangeTimeout, EdgeError) as e:
+            return RequestResult(rid, out, rounds, (time.perf_counter() - t0) * 1000.0, ok=False, error=str(e))
+        return RequestResult(rid, out, rounds, (time.perf_counter() - t0) * 1000.0)
+
+    def _speculate(self, rid: str, seq: list[int], max_new_tokens: int, rounds: list[RoundLog]) -> list[int]:
+        self.drafter.reset()
+        out: list[int] = []
+        rnd = 0
+        while True:
+            stats = _stats()
+            t_wall, t0 = time.time(), time.perf_counter()
+            csi = self.csi()
+            g = min(self.cfg.gamma, max_new_tokens - len(out))
+            block = self.drafter.draft(seq, g, self.eos)
+            hidden = block.hidden if self.protocol.hidden_upload == "all" else None
+            probs = block.probs if self.cfg.temperature > 0 and self.protocol.name == "vanilla" else None
+            reply = self._exchange(Draft(rid, rnd, block.tokens, csi, hidden, probs), (Verdict, HiddenRequest), stats)
+            if isinstance(reply, HiddenRequest):
+                if any(not 0 <= p < len(block.tokens) for p in reply.positions):
+                    raise EdgeError("bad_request", f"edge asked for positions {reply.positions}")
+                rows = block.hidden[torch.tensor(reply.positions, dtype=torch.long)]
+                reply = self._exchange(HiddenUpload(rid, rnd, reply.positions, rows), (Verdict,), stats)
+            v: Verdict = reply
+            new = block.tokens[: v.n_accepted] + [v.next_token]
+            seq.extend(new)
+            out.extend(new)
+            self.drafter.commit(len(seq))
+            wall = (time.perf_counter() - t0) * 1000.0
+            link = max(0.0, wall - block.draft_ms - v.verify_ms)
+            rounds.append(self._log(rid, rnd, len(block.tokens), v.n_accepted, v.n_exact, v.first_mismatch,
+                                    v.n_harmless, v.next_token, stats, block.draft_ms, v.verify_ms, link, wall, t_wall, csi))
+            rnd += 1
+            if v.done:
+                if self.eos is not None and self.eos in out:
+                    del out[out.index(self.eos) + 1:]
+                return out[:max_new_tokens]
+
+    def _log(self, rid, rnd, drafted, accepted, exact, first, harmless, nxt, stats, draft_ms, verify_ms, link_ms,
+             wall_ms, t_wall, csi) -> RoundLog:
+        rec = RoundLog(self.cfg.run_id, self.protocol.name, self.cfg.device_id, rid, rnd, drafted, accepted, exact,
+                       first, harmless, nxt, stats["up_bytes"], stats["down_bytes"], stats["round_trips"], draft_ms,
+                       verify_ms, link_ms, wall_ms, t_wall, time.time(), stats["retries"], dict(csi))
+        if self.logger is not None:
+            self.logger.write(rec)
+        return rec
+
+
+def _stats() -> dict:
+    return {"up_bytes": 0, "down_bytes": 0, "round_trips": 0, "retries": 0}

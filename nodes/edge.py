@@ -1,0 +1,251 @@
+"""The edge node: the target model behind a ZeroMQ ROUTER, one session per device.
+
+Each session has its own target KV cache and verification policy. A message the edge cannot
+accept (malformed, oversized, out of order, unauthenticated, over the session limit) gets an
+:class:`~nodes.wire.Error` reply or is dropped, and the edge keeps serving everyone else. A
+duplicate of the last round's message (a device retrying after a timeout) gets the same reply
+again, so retries are safe.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+
+import torch
+import zmq
+
+from nodes.decoding import Verifier, VerifyContext, autoregressive_generate
+from nodes.decoding.policies import VerificationPolicy, exact_prefix
+from nodes.protocols import edge_policy, get_protocol
+from nodes.wire import (Bye, Draft, Error, Hello, HelloAck, HiddenRequest, HiddenUpload, Message, Result, Start,
+                        Verdict, WireError, decode, encode)
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class EdgeLimits:
+    """max_message_bytes: larger messages are refused unread by ZeroMQ and rejected by decode;
+    max_gamma: longest draft; max_sessions: concurrent devices; max_new_tokens: per request."""
+
+    max_message_bytes: int = 8 << 20
+    max_gamma: int = 32
+    max_sessions: int = 64
+    max_new_tokens: int = 1024
+    idle_timeout_s: float = 60.0  # a full edge evicts sessions idle this long (a device that vanished)
+
+
+@dataclass
+class Request:
+    """A request in progress at the edge."""
+
+    request_id: str
+    seq: list[int]
+    prompt_len: int
+    max_new_tokens: int
+    round: int = 0
+    pending: VerifyContext | None = None
+    pending_ms: float = 0.0
+
+
+@dataclass
+class Session:
+    """One device's session."""
+
+    sid: int
+    hello: Hello
+    verifier: Verifier
+    policy: VerificationPolicy
+    request: Request | None = None
+    last_key: tuple | None = None
+    last_reply: list[bytes] = field(default_factory=list)
+    generator: torch.Generator = field(default_factory=torch.Generator)
+    last_seen: float = field(default_factory=time.monotonic)
+
+
+class EdgeServer:
+    """Serves verification for many devices; ``serve()`` runs until ``stop()``."""
+
+    def __init__(self, target: torch.nn.Module, eos_token_id: int | None, bind: str = "tcp://0.0.0.0:5555",
+                 limits: EdgeLimits = EdgeLimits(), token: str = "", head_paths: dict[str, str] | None = None,
+                 curve_secret_key: bytes | None = None):
+        self.target, self.eos, self.limits, self.token = target, eos_token_id, limits, token
+        self.head_paths = head_paths or {}
+        self.ctx = zmq.Context.instance()
+        self.sock = self.ctx.socket(zmq.ROUTER)
+        self.sock.setsockopt(zmq.MAXMSGSIZE, limits.max_message_bytes)
+        self.sock.setsockopt(zmq.LINGER, 0)
+        self.sock.setsockopt(zmq.ROUTER_HANDOVER, 1)  # a reconnecting device takes over its identity
+        if curve_secret_key is not None:
+            self.sock.curve_server = True
+            self.sock.curve_secretkey = curve_secret_key
+        self.sock.bind(bind)
+        self.endpoint = self.sock.getsockopt_string(zmq.LAST_ENDPOINT)
+        self.sessions: dict[bytes, Session] = {}
+        self._next_sid = 1
+        self._running = True
+        self.stats = {"messages": 0, "errors": 0, "rounds": 0}
+
+    def stop(self) -> None:
+        """Ask ``serve`` to return."""
+        self._running = False
+
+    def close(self) -> None:
+        """Close the socket."""
+        self.sock.close(0)
+
+    def serve(self, poll_ms: int = 100, until: float | None = None) -> None:
+        """Handle messages until stopped (or until monotonic second ``until``)."""
+        poller = zmq.Poller()
+        poller.register(self.sock, zmq.POLLIN)
+        while self._running and (until is None or time.monotonic() < until):
+            if not poller.poll(poll_ms):
+                continue
+            frames = self.sock.recv_multipart(copy=True)
+            if len(frames) < 2:
+                continue
+            ident, body = frames[0], frames[1:]
+            self.stats["messages"] += 1
+            try:
+                msg = decode(body, self.limits.max_message_bytes)
+                reply = self._handle(ident, msg)
+            except WireError as e:
+                self.stats["errors"] += 1
+                log.warning("rejected a message from %r: %s", ident, e)
+                reply = encode(Error(e.code, str(e)))
+            except Exception as e:  # a bug must not take the edge down for everyone
+                self.stats["errors"] += 1
+                log.exception("internal error serving %r", ident)
+                reply = encode(Error("internal", f"{type(e).__name__}: {e}"))
+            if reply is not None:
+                self.sock.send_multipart([ident, *reply])
+
+    # ------------------------------------------------------------------ handlers
+    def _handle(self, ident: bytes, msg: Message) -> list[bytes] | None:
+        if isinstance(msg, Hello):
+            return self._hello(ident, msg)
+        s = self.sessions.get(ident)
+        if s is None:
+            raise WireError("no_session", "send hello first")
+        s.last_seen = time.monotonic()
+        if isinstance(msg, Bye):
+            del self.sessions[ident]
+            return None
+        key = (type(msg).__name__, getattr(msg, "request_id", ""), getattr(msg, "round", None))
+        if key == s.last_key and s.last_reply:
+            return s.last_reply  # a retry: same answer, no recomputation
+        if isinstance(msg, Start):
+            reply = self._start(s, msg)
+        elif isinstance(msg, Draft):
+            reply = self._draft(s, msg)
+        elif isinstance(msg, HiddenUpload):
+            reply = self._hidden(s, msg)
+        else:
+            raise WireError("unknown_type", f"{msg.TYPE} is not a request an edge serves")
+        s.last_key, s.last_reply = key, reply
+        return reply
+
+    def _hello(self, ident: bytes, h: Hello) -> list[bytes]:
+        if self.token and h.token != self.token:
+            raise WireError("unauthenticated", "wrong or missing token")
+        try:
+            protocol = get_protocol(h.protocol)
+        except ValueError as e:
+            raise WireError("bad_request", str(e)) from None
+        if not 1 <= h.gamma <= self.limits.max_gamma:
+            raise WireError("bad_request", f"gamma {h.gamma} outside 1..{self.limits.max_gamma}")
+        if ident not in self.sessions and len(self.sessions) >= self.limits.max_sessions:
+            now = time.monotonic()
+            for k in [k for k, v in self.sessions.items() if now - v.last_seen > self.limits.idle_timeout_s]:
+                log.info("evicting idle session %d", self.sessions.pop(k).sid)
+        if ident not in self.sessions and len(self.sessions) >= self.limits.max_sessions:
+            raise WireError("too_many_sessions", f"the edge serves at most {self.limits.max_sessions} devices")
+        try:
+            policy = edge_policy(protocol, h.temperature, self.head_paths.get(protocol.name))
+        except (ValueError, FileNotFoundError) as e:
+            raise WireError("bad_request", str(e)) from None
+        s = Session(self._next_sid, h, Verifier(self.target), policy)
+        s.generator.manual_seed(h.seed + 7)
+        self._next_sid += 1
+        self.sessions[ident] = s
+        return encode(HelloAck(s.sid, self.limits.max_gamma, int(self.target.config.hidden_size)))
+
+    def _start(self, s: Session, m: Start) -> list[bytes]:
+        vocab = int(self.target.config.vocab_size)
+        if not m.prompt or any(not 0 <= t < vocab for t in m.prompt):
+            raise WireError("bad_request", "prompt must be non-empty token ids within the vocabulary")
+        if not 1 <= m.max_new_tokens <= self.limits.max_new_tokens:
+            raise WireError("bad_request", f"max_new_tokens outside 1..{self.limits.max_new_tokens}")
+        if get_protocol(s.hello.protocol).edge_only:
+            t0 = time.perf_counter()
+            out = autoregressive_generate(s.verifier.lm, m.prompt, m.max_new_tokens, self.eos)
+            return encode(Result(m.request_id, out, (time.perf_counter() - t0) * 1000.0))
+        s.verifier.reset()
+        s.request = Request(m.request_id, list(m.prompt), len(m.prompt), m.max_new_tokens)
+        return encode(Verdict(m.request_id, -1, 0, -1, 0, -1, 0, 0.0))  # an acknowledgement
+
+    def _check_round(self, s: Session, request_id: str, rnd: int) -> Request:
+        r = s.request
+        if r is None or r.request_id != request_id:
+            raise WireError("out_of_order", f"no request {request_id!r} in progress")
+        if rnd != r.round:
+            raise WireError("out_of_order", f"round {rnd} while round {r.round} is expected")
+        return r
+
+    def _draft(self, s: Session, m: Draft) -> list[bytes]:
+        r = self._check_round(s, m.request_id, m.round)
+        if r.pending is not None:
+            raise WireError("out_of_order", "hidden states for the previous draft are still awaited")
+        g = len(m.tokens)
+        vocab = int(self.target.config.vocab_size)
+        if not 1 <= g <= s.hello.gamma or any(not 0 <= t < vocab for t in m.tokens):
+            raise WireError("bad_request", f"draft must hold 1..{s.hello.gamma} token ids within the vocabulary")
+        if s.policy.needs_drafter_probs and (m.probs is None or tuple(m.probs.shape) != (g, vocab)):
+            raise WireError("bad_request", "rejection sampling needs the drafter probabilities [γ, V]")
+        protocol = get_protocol(s.hello.protocol)
+        if protocol.hidden_upload == "all" and (m.hidden is None or m.hidden.shape[0] != g):
+            raise WireError("bad_request", f"{protocol.name} uploads the hidden state of every draft token")
+        logits, hidden, verify_ms = s.verifier.score(r.seq, list(m.tokens))
+        ctx = VerifyContext(torch.tensor(m.tokens), logits, hidden,
+                            torch.as_tensor(m.probs) if m.probs is not None else None,
+                            torch.as_tensor(m.hidden) if m.hidden is not None else None, m.csi,
+                            s.hello.temperature, s.generator)
+        if protocol.hidden_upload == "mismatch":
+            greedy = ctx.target_greedy()[:g]
+            mism = (ctx.draft_tokens != greedy).nonzero().flatten().tolist()
+            if mism:  # mismatch-first: ask for the hidden states of just these positions
+                r.pending, r.pending_ms = ctx, verify_ms
+                return encode(HiddenRequest(m.request_id, m.round, mism))
+        return self._verdict(s, r, ctx, verify_ms)
+
+    def _hidden(self, s: Session, m: HiddenUpload) -> list[bytes]:
+        r = self._check_round(s, m.request_id, m.round)
+        ctx = r.pending
+        if ctx is None:
+            raise WireError("out_of_order", "no hidden states were requested")
+        if m.hidden is None or m.hidden.ndim != 2 or m.hidden.shape[0] != len(m.positions) or \
+                any(not 0 <= p < ctx.gamma for p in m.positions):
+            raise WireError("bad_request", "hidden upload must hold one row per requested position")
+        full = torch.zeros(ctx.gamma, m.hidden.shape[1])
+        full[torch.tensor(m.positions, dtype=torch.long)] = torch.as_tensor(m.hidden)
+        ctx.drafter_hidden = full
+        r.pending = None
+        return self._verdict(s, r, ctx, r.pending_ms)
+
+    def _verdict(self, s: Session, r: Request, ctx: VerifyContext, verify_ms: float) -> list[bytes]:
+        t0 = time.perf_counter()
+        v = s.policy.verify(ctx)
+        new = ctx.draft_tokens[: v.n_accepted].tolist() + [v.next_token]
+        r.seq.extend(new)
+        s.verifier.commit(len(r.seq))
+        produced = len(r.seq) - r.prompt_len
+        done = (self.eos is not None and self.eos in new) or produced >= r.max_new_tokens
+        reply = Verdict(r.request_id, r.round, v.n_accepted, v.next_token, v.n_exact,
+                        -1 if v.first_mismatch is None else v.first_mismatch, v.n_harmless,
+                        verify_ms + (time.perf_counter() - t0) * 1000.0, done)
+        r.round += 1
+        self.stats["rounds"] += 1
+        if done:
+            s.request = None
+        return encode(reply)

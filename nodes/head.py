@@ -1,0 +1,172 @@
+"""The decision head file format and the policy that uses it on the edge.
+
+A head decides, for a draft token that is *not* the target's choice, whether it may stand
+(P(harmless) ≥ threshold). Features per draft position i, by name:
+
+* ``p_draft``, ``p_top``, ``entropy``: target probability of the draft token, of its own top
+  token, and the entropy (nats) of its distribution at that position;
+* ``target_hidden``: the target's last hidden state that predicts draft token i;
+* ``drafter_hidden``: the drafter's hidden state that produced draft token i (uploaded);
+* ``csi``: SNR (dB), uplink and downlink rate (Mbit/s), RTT (ms) from the device's report.
+
+File: one ``.safetensors`` with the weights (``mean``/``std`` normaliser, ``w0``/``b0``[,
+``w1``/``b1``]) and metadata ``wisv_head`` (JSON: version, kind, features, dims, threshold).
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from nodes.decoding.policies import VerifyContext, _RelaxedPolicy
+
+HEAD_VERSION = 1
+SCALARS = ("p_draft", "p_top", "entropy")
+CSI_KEYS = ("snr_db", "rate_up_mbps", "rate_down_mbps", "rtt_ms")
+
+
+@dataclass
+class HeadSpec:
+    """What a head reads and how it decides."""
+
+    kind: str  # "logistic" or "mlp"
+    features: list[str]
+    dims: dict[str, int]
+    threshold: float = 0.5
+    note: str = ""
+
+    @property
+    def needs_drafter_hidden(self) -> bool:
+        """True when the head reads the drafter's hidden states (they must be uploaded)."""
+        return "drafter_hidden" in self.features
+
+
+class DecisionHead(torch.nn.Module):
+    """Normaliser + logistic regression or a 1-hidden-layer MLP, giving P(harmless)."""
+
+    def __init__(self, spec: HeadSpec, hidden_units: int = 64):
+        super().__init__()
+        self.spec = spec
+        n_in = sum(spec.dims[f] for f in spec.features)
+        self.register_buffer("mean", torch.zeros(n_in))
+        self.register_buffer("std", torch.ones(n_in))
+        if spec.kind == "logistic":
+            self.net = torch.nn.Linear(n_in, 1)
+        elif spec.kind == "mlp":
+            self.net = torch.nn.Sequential(torch.nn.Linear(n_in, hidden_units), torch.nn.ReLU(),
+                                           torch.nn.Linear(hidden_units, 1))
+        else:
+            raise ValueError(f"head kind must be logistic or mlp, not {spec.kind!r}")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """P(harmless) for feature rows x [N, n_in]."""
+        return torch.sigmoid(self.net((x - self.mean) / self.std).squeeze(-1))
+
+    def features(self, ctx: VerifyContext, positions: torch.Tensor) -> torch.Tensor:
+        """The feature rows of draft ``positions`` of a round."""
+        logits = ctx.target_logits[positions]
+        p = torch.softmax(logits.float(), dim=-1)
+        cols = []
+        for name in self.spec.features:
+            if name == "p_draft":
+                cols.append(p[torch.arange(len(positions)), ctx.draft_tokens[positions]][:, None])
+            elif name == "p_top":
+                cols.append(p.max(dim=-1).values[:, None])
+            elif name == "entropy":
+                cols.append(-(p * torch.log(p.clamp_min(1e-20))).sum(-1, keepdim=True))
+            elif name == "target_hidden":
+                cols.append(ctx.target_hidden[positions].float())
+            elif name == "drafter_hidden":
+                if ctx.drafter_hidden is None:
+                    raise ValueError("this head needs the drafter's hidden states")
+                cols.append(torch.as_tensor(ctx.drafter_hidden)[positions].float())
+            elif name == "csi":
+                c = ctx.csi or {}
+                cols.append(torch.tensor([[float(c.get(k, 0.0)) for k in CSI_KEYS]]).expand(len(positions), -1))
+            else:
+                raise ValueError(f"unknown head feature {name!r}")
+        return torch.cat(cols, dim=-1)
+
+    def save(self, path: str | Path) -> Path:
+        """Write the head as one versioned safetensors file."""
+        from safetensors.torch import save_file
+
+        meta = {"version": HEAD_VERSION, "kind": self.spec.kind, "features": self.spec.features, "dims": self.spec.dims,
+                "threshold": self.spec.threshold, "note": self.spec.note}
+        tensors = {"mean": self.mean, "std": self.std}
+        linears = [m for m in self.net.modules() if isinstance(m, torch.nn.Linear)]
+        for i, lin in enumerate(linears):
+            tensors[f"w{i}"], tensors[f"b{i}"] = lin.weight.detach(), lin.bias.detach()
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        save_file({k: v.contiguous() for k, v in tensors.items()}, str(path), metadata={"wisv_head": json.dumps(meta)})
+        return path
+
+    @classmethod
+    def load(cls, path: str | Path) -> "DecisionHead":
+        """Read a head file; ValueError for a wrong version or a damaged file."""
+        from safetensors import safe_open
+
+        path = Path(path)
+        if not path.exists():
+            raise FileNotFoundError(f"{path}: no decision head here")
+        with safe_open(str(path), framework="pt") as f:
+            meta = json.loads((f.metadata() or {}).get("wisv_head", "{}"))
+            tensors = {k: f.get_tensor(k) for k in f.keys()}
+        if meta.get("version") != HEAD_VERSION:
+            raise ValueError(f"{path}: head version {meta.get('version')!r}, expected {HEAD_VERSION}")
+        spec = HeadSpec(meta["kind"], list(meta["features"]), dict(meta["dims"]), float(meta["threshold"]),
+                        meta.get("note", ""))
+        hidden_units = tensors["w0"].shape[0] if spec.kind == "mlp" else 64
+        head = cls(spec, hidden_units)
+        head.mean.copy_(tensors["mean"])
+        head.std.copy_(tensors["std"])
+        linears = [m for m in head.net.modules() if isinstance(m, torch.nn.Linear)]
+        for i, lin in enumerate(linears):
+            lin.weight.data.copy_(tensors[f"w{i}"])
+            lin.bias.data.copy_(tensors[f"b{i}"])
+        return head.eval()
+
+
+class HeadPolicy(_RelaxedPolicy):
+    """WISV acceptance: a draft token stands if it matches the target's choice OR the head
+    judges the mismatch harmless; the accepted prefix is cut at the first important mismatch.
+    The head runs only at mismatched positions (where the drafter hidden was uploaded)."""
+
+    name = "wisv-head"
+
+    def __init__(self, head: DecisionHead, threshold: float | None = None):
+        self.head = head
+        self.threshold = head.spec.threshold if threshold is None else threshold
+        self.needs_drafter_hidden = head.spec.needs_drafter_hidden
+        self.needs_target_hidden = "target_hidden" in head.spec.features
+
+    @torch.inference_mode()
+    def tolerate(self, ctx: VerifyContext) -> torch.Tensor:
+        greedy = ctx.target_greedy()[: ctx.gamma]
+        mism = (ctx.draft_tokens != greedy).nonzero().flatten()
+        ok = torch.zeros(ctx.gamma, dtype=torch.bool)
+        if mism.numel():
+            ok[mism] = self.head(self.head.features(ctx, mism)) >= self.threshold
+        return ok
+
+    def describe(self):
+        return {"name": self.name, "threshold": self.threshold, "features": self.head.spec.features,
+                "kind": self.head.spec.kind, "note": self.head.spec.note}
+
+
+def placeholder_head(target_hidden: int, drafter_hidden: int, with_drafter: bool = True) -> DecisionHead:
+    """A hand-set (not learned) logistic head for protocol plumbing until a trained head ships:
+    it accepts a mismatch when the target gives the draft token probability ≳ 0.35. The hidden
+    inputs are wired with zero weight."""
+    feats = ["p_draft", "p_top", "entropy", "target_hidden"] + (["drafter_hidden"] if with_drafter else [])
+    dims = {"p_draft": 1, "p_top": 1, "entropy": 1, "target_hidden": target_hidden, "drafter_hidden": drafter_hidden}
+    head = DecisionHead(HeadSpec("logistic", feats, {f: dims[f] for f in feats}, 0.5,
+                                 note="placeholder: hand-set weights on p_draft, not trained"))
+    with torch.no_grad():
+        head.net.weight.zero_()
+        head.net.weight[0, 0] = 20.0
+        head.net.bias.fill_(-7.0)
+    return head.eval()

@@ -1,0 +1,61 @@
+"""The verification protocols of SPEC §4: what the device uploads and which policy the edge runs.
+
+| name            | uplink                                     | edge decision                   |
+|-----------------|--------------------------------------------|---------------------------------|
+| ar-edge         | the prompt                                 | the target decodes alone        |
+| vanilla         | token ids (+ drafter probabilities if sampling) | exact match / rejection sampling |
+| wisv-full       | token ids + drafter hidden of every token  | match OR head (drafter+target)  |
+| wisv-selective  | token ids; hidden of mismatches on request | same head, fed where needed     |
+| wisv-target     | token ids                                  | head on target features only    |
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from nodes.decoding.policies import ExactMatch, RejectionSampling, VerificationPolicy
+
+DEFAULT_HEADS = Path(__file__).resolve().parent / "pretrained" / "default"
+
+
+@dataclass(frozen=True)
+class Protocol:
+    """name; hidden_upload: ``none``, ``all`` or ``mismatch`` (on the edge's request);
+    edge_only: the target decodes alone; uses_head: the edge runs a decision head."""
+
+    name: str
+    hidden_upload: str = "none"
+    edge_only: bool = False
+    uses_head: bool = False
+
+
+PROTOCOLS: dict[str, Protocol] = {p.name: p for p in (
+    Protocol("ar-edge", edge_only=True),
+    Protocol("vanilla"),
+    Protocol("wisv-full", hidden_upload="all", uses_head=True),
+    Protocol("wisv-selective", hidden_upload="mismatch", uses_head=True),
+    Protocol("wisv-target", uses_head=True),
+)}
+
+
+def get_protocol(name: str) -> Protocol:
+    """The protocol called ``name``; ValueError naming the known ones otherwise."""
+    if name not in PROTOCOLS:
+        raise ValueError(f"unknown protocol {name!r}; known: {sorted(PROTOCOLS)}")
+    return PROTOCOLS[name]
+
+
+def default_head_path(protocol: Protocol) -> Path:
+    """The shipped head of a protocol (drafter+target features, or target-only for wisv-target)."""
+    return DEFAULT_HEADS / ("head-target.safetensors" if protocol.name == "wisv-target" else "head-full.safetensors")
+
+
+def edge_policy(protocol: Protocol, temperature: float, head_path: str | Path | None = None) -> VerificationPolicy:
+    """The verification policy the edge runs for ``protocol``."""
+    if protocol.uses_head:
+        from nodes.head import DecisionHead, HeadPolicy
+
+        if temperature > 0:
+            raise ValueError(f"{protocol.name} verifies greedily (temperature 0)")
+        return HeadPolicy(DecisionHead.load(head_path or default_head_path(protocol)))
+    return RejectionSampling() if temperature > 0 else ExactMatch()

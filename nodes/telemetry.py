@@ -1,0 +1,61 @@
+"""Per-round logs written as they happen: one JSON line per round, appended and flushed, so a
+killed run keeps every round it finished (SPEC §5 fields)."""
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+
+@dataclass
+class RoundLog:
+    """One interaction round as the device saw it.
+
+    Bytes are application bytes (all frames of every message of the round); ``link_ms`` is the
+    round's wall time minus draft, verify and edge policy time; ``t_start``/``t_end`` are wall
+    clock (epoch s); ``csi`` is the channel report sent with the draft."""
+
+    run_id: str
+    protocol: str
+    device_id: str
+    request_id: str
+    round: int
+    drafted: int
+    accepted: int
+    accepted_exact: int
+    first_mismatch: int
+    harmless: int
+    next_token: int
+    up_bytes: int
+    down_bytes: int
+    round_trips: int
+    draft_ms: float
+    verify_ms: float
+    link_ms: float
+    wall_ms: float
+    t_start: float
+    t_end: float
+    retries: int = 0
+    csi: dict[str, float] = field(default_factory=dict)
+
+
+class RoundLogger:
+    """Appends records to a JSONL file, flushing each line."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._f = open(self.path, "a", encoding="utf-8")
+
+    def write(self, record: RoundLog | dict[str, Any]) -> None:
+        """Append one record and flush it to the OS."""
+        rec = asdict(record) if isinstance(record, RoundLog) else record
+        self._f.write(json.dumps(rec) + "\n")
+        self._f.flush()
+        os.fsync(self._f.fileno()) if rec.get("final") else None
+
+    def close(self) -> None:
+        """Close the file."""
+        self._f.close()
