@@ -16,7 +16,7 @@ import torch
 import zmq
 
 from nodes.decoding import Verifier, VerifyContext, autoregressive_generate
-from nodes.decoding.policies import VerificationPolicy, exact_prefix
+from nodes.decoding.policies import VerificationPolicy
 from nodes.protocols import edge_policy, get_protocol
 from nodes.wire import (Bye, Draft, Error, Hello, HelloAck, HiddenRequest, HiddenUpload, Message, Result, Start,
                         Verdict, WireError, decode, encode)
