@@ -58,8 +58,12 @@ def cmd_edge(a: argparse.Namespace) -> int:
 
     pair = load_pair(a.drafter, a.target, dtype=a.dtype)
     heads = {k: v for k, v in (("wisv-full", a.head), ("wisv-selective", a.head), ("wisv-target", a.head_target)) if v}
+    from nodes.profiles import ComputeProfile
+
+    secret = Path(a.curve_secret).read_bytes().strip() if a.curve_secret else None
     server = EdgeServer(pair.target, pair.eos_token_id, a.bind, EdgeLimits(max_gamma=a.max_gamma,
-                        max_sessions=a.max_sessions, max_message_bytes=a.max_message_bytes), a.token, heads)
+                        max_sessions=a.max_sessions, max_message_bytes=a.max_message_bytes), a.token, heads,
+                        curve_secret_key=secret, profile=ComputeProfile(a.profile_base_ms, a.profile_per_token_ms))
     signal.signal(signal.SIGTERM, lambda *_: server.stop())
     logging.getLogger(__name__).info("edge serving on %s", server.endpoint)
     sys.stdout.write(f"ready {server.endpoint}\n")
@@ -82,9 +86,18 @@ def cmd_device(a: argparse.Namespace) -> int:
 
     pair = load_pair(a.drafter, a.target, dtype=a.dtype)
     logger = RoundLogger(a.log) if a.log else None
+    from nodes.profiles import ComputeProfile
+
     cfg = DeviceConfig(protocol=a.protocol, gamma=a.gamma, temperature=a.temperature, hidden_dtype=a.hidden_dtype,
-                       timeout_ms=a.timeout_ms, retries=a.retries, token=a.token, run_id=a.run_id)
-    client = DeviceClient(pair.drafter, a.connect, cfg, pair.eos_token_id, logger)
+                       timeout_ms=a.timeout_ms, retries=a.retries, token=a.token, run_id=a.run_id,
+                       profile=ComputeProfile(0.0, a.profile_ms_per_token))
+    curve = None
+    if a.curve_server_public:
+        import zmq
+
+        public, secret = zmq.curve_keypair()  # an ephemeral client key; the token authenticates the device
+        curve = (Path(a.curve_server_public).read_bytes().strip(), public, secret)
+    client = DeviceClient(pair.drafter, a.connect, cfg, pair.eos_token_id, logger, curve_keys=curve)
     client.hello()
     correct = failed = tokens = rounds = 0
     for p in ArithTask().problems("test", a.problems):
@@ -97,6 +110,19 @@ def cmd_device(a: argparse.Namespace) -> int:
     sys.stdout.write(json.dumps({"protocol": a.protocol, "problems": a.problems, "accuracy": correct / max(1, a.problems),
                                  "failed": failed, "mean_accepted_len": tokens / max(1, rounds)}) + "\n")
     return 1 if failed else 0
+
+
+def cmd_keys(a: argparse.Namespace) -> int:
+    import zmq
+
+    out = Path(a.output)
+    out.mkdir(parents=True, exist_ok=True)
+    public, secret = zmq.curve_keypair()
+    (out / "edge.public").write_bytes(public + b"\n")
+    (out / "edge.secret").write_bytes(secret + b"\n")
+    (out / "edge.secret").chmod(0o600)
+    sys.stdout.write(f"wrote {out}/edge.public and {out}/edge.secret (Z85 CURVE keys)\n")
+    return 0
 
 
 def register_node(sub: argparse._SubParsersAction) -> None:
@@ -117,6 +143,9 @@ def register_node(sub: argparse._SubParsersAction) -> None:
             q.add_argument("--max-gamma", type=int, default=32)
             q.add_argument("--max-sessions", type=int, default=64)
             q.add_argument("--max-message-bytes", type=int, default=8 << 20)
+            q.add_argument("--curve-secret", help="edge CURVE secret key file (Z85): encrypt and authenticate the edge")
+            q.add_argument("--profile-base-ms", type=float, default=0.0, help="emulated verify time a + b·γ: a")
+            q.add_argument("--profile-per-token-ms", type=float, default=0.0, help="emulated verify time a + b·γ: b")
         else:
             q.add_argument("--connect", required=True)
             q.add_argument("--protocol", default="vanilla",
@@ -130,3 +159,8 @@ def register_node(sub: argparse._SubParsersAction) -> None:
             q.add_argument("--max-new-tokens", type=int, default=128)
             q.add_argument("--log", help="per-round JSONL log")
             q.add_argument("--run-id", default="")
+            q.add_argument("--curve-server-public", help="the edge's CURVE public key file (Z85)")
+            q.add_argument("--profile-ms-per-token", type=float, default=0.0, help="emulated drafting time per token")
+    k = ns.add_parser("keys", help="make a CURVE key pair for an edge")
+    k.add_argument("-o", "--output", default="keys")
+    k.set_defaults(func=cmd_keys)

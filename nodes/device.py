@@ -17,6 +17,7 @@ import torch
 import zmq
 
 from nodes.decoding import Drafter, SamplingConfig
+from nodes.profiles import ComputeProfile
 from nodes.protocols import get_protocol
 from nodes.telemetry import RoundLog, RoundLogger
 from nodes.wire import (Bye, Draft, Error, Hello, HelloAck, HiddenRequest, HiddenUpload, Message, Result, Start,
@@ -53,6 +54,7 @@ class DeviceConfig:
     seed: int = 0
     run_id: str = ""
     max_message_bytes: int = 8 << 20
+    profile: ComputeProfile = field(default_factory=ComputeProfile)
 
 
 @dataclass
@@ -175,6 +177,8 @@ class DeviceClient:
             csi = self.csi()
             g = min(self.cfg.gamma, max_new_tokens - len(out))
             block = self.drafter.draft(seq, g, self.eos)
+            pad_ms = self.cfg.profile.pad(block.draft_ms, len(block.tokens))
+            block.draft_ms += pad_ms
             hidden = block.hidden if self.protocol.hidden_upload == "all" else None
             probs = block.probs if self.cfg.temperature > 0 and self.protocol.name == "vanilla" else None
             reply = self._exchange(Draft(rid, rnd, block.tokens, csi, hidden, probs), (Verdict, HiddenRequest), stats)
@@ -190,6 +194,7 @@ class DeviceClient:
             self.drafter.commit(len(seq))
             wall = (time.perf_counter() - t0) * 1000.0
             link = max(0.0, wall - block.draft_ms - v.verify_ms)
+            stats["draft_pad_ms"], stats["verify_pad_ms"] = pad_ms, v.pad_ms
             rounds.append(self._log(rid, rnd, len(block.tokens), v.n_accepted, v.n_exact, v.first_mismatch,
                                     v.n_harmless, v.next_token, stats, block.draft_ms, v.verify_ms, link, wall, t_wall, csi))
             rnd += 1
@@ -202,7 +207,8 @@ class DeviceClient:
              wall_ms, t_wall, csi) -> RoundLog:
         rec = RoundLog(self.cfg.run_id, self.protocol.name, self.cfg.device_id, rid, rnd, drafted, accepted, exact,
                        first, harmless, nxt, stats["up_bytes"], stats["down_bytes"], stats["round_trips"], draft_ms,
-                       verify_ms, link_ms, wall_ms, t_wall, time.time(), stats["retries"], dict(csi))
+                       verify_ms, link_ms, wall_ms, t_wall, time.time(), stats["retries"], dict(csi),
+                       stats.get("draft_pad_ms", 0.0), stats.get("verify_pad_ms", 0.0))
         if self.logger is not None:
             self.logger.write(rec)
         return rec

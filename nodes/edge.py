@@ -17,6 +17,7 @@ import zmq
 
 from nodes.decoding import Verifier, VerifyContext, autoregressive_generate
 from nodes.decoding.policies import VerificationPolicy
+from nodes.profiles import ComputeProfile
 from nodes.protocols import edge_policy, get_protocol
 from nodes.wire import (Bye, Draft, Error, Hello, HelloAck, HiddenRequest, HiddenUpload, Message, Result, Start,
                         Verdict, WireError, decode, encode)
@@ -69,8 +70,9 @@ class EdgeServer:
 
     def __init__(self, target: torch.nn.Module, eos_token_id: int | None, bind: str = "tcp://0.0.0.0:5555",
                  limits: EdgeLimits = EdgeLimits(), token: str = "", head_paths: dict[str, str] | None = None,
-                 curve_secret_key: bytes | None = None):
+                 curve_secret_key: bytes | None = None, profile: ComputeProfile = ComputeProfile()):
         self.target, self.eos, self.limits, self.token = target, eos_token_id, limits, token
+        self.profile = profile
         self.head_paths = head_paths or {}
         self.ctx = zmq.Context.instance()
         self.sock = self.ctx.socket(zmq.ROUTER)
@@ -236,6 +238,8 @@ class EdgeServer:
     def _verdict(self, s: Session, r: Request, ctx: VerifyContext, verify_ms: float) -> list[bytes]:
         t0 = time.perf_counter()
         v = s.policy.verify(ctx)
+        verify_ms += (time.perf_counter() - t0) * 1000.0
+        pad_ms = self.profile.pad(verify_ms, ctx.gamma)
         new = ctx.draft_tokens[: v.n_accepted].tolist() + [v.next_token]
         r.seq.extend(new)
         s.verifier.commit(len(r.seq))
@@ -243,7 +247,7 @@ class EdgeServer:
         done = (self.eos is not None and self.eos in new) or produced >= r.max_new_tokens
         reply = Verdict(r.request_id, r.round, v.n_accepted, v.next_token, v.n_exact,
                         -1 if v.first_mismatch is None else v.first_mismatch, v.n_harmless,
-                        verify_ms + (time.perf_counter() - t0) * 1000.0, done)
+                        verify_ms + pad_ms, done, pad_ms)
         r.round += 1
         self.stats["rounds"] += 1
         if done:

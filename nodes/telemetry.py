@@ -3,7 +3,6 @@ killed run keeps every round it finished (SPEC §5 fields)."""
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -39,6 +38,8 @@ class RoundLog:
     t_end: float
     retries: int = 0
     csi: dict[str, float] = field(default_factory=dict)
+    draft_pad_ms: float = 0.0   # compute-profile padding inside draft_ms
+    verify_pad_ms: float = 0.0  # compute-profile padding inside verify_ms
 
 
 class RoundLogger:
@@ -54,7 +55,6 @@ class RoundLogger:
         rec = asdict(record) if isinstance(record, RoundLog) else record
         self._f.write(json.dumps(rec) + "\n")
         self._f.flush()
-        os.fsync(self._f.fileno()) if rec.get("final") else None
 
     def close(self) -> None:
         """Close the file."""

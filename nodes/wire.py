@@ -132,6 +132,7 @@ class Verdict(Message):
     n_harmless: int
     verify_ms: float
     done: bool = False
+    pad_ms: float = 0.0  # part of verify_ms that a compute profile added
 
 
 @dataclass

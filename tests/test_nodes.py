@@ -7,6 +7,7 @@ import subprocess
 import sys
 import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import msgpack
@@ -91,6 +92,12 @@ def pair():
     return load_pair()
 
 
+@dataclass
+class EdgeProcess:
+    endpoint: str
+    pid: int
+
+
 @pytest.fixture(scope="module")
 def edge_proc():
     """``wisv node edge`` as a real process on a free loopback port; yields its endpoint."""
@@ -99,7 +106,7 @@ def edge_proc():
                          stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, cwd=str(REPO))
     line = p.stdout.readline().strip()
     assert line.startswith("ready "), line
-    yield line.split()[1]
+    yield EdgeProcess(line.split()[1], p.pid)
     p.terminate()
     p.wait(timeout=10)
     assert p.returncode == 0  # SIGTERM ends it cleanly
@@ -125,7 +132,7 @@ def _prompts(pair, n):
 def test_greedy_vanilla_over_zmq_equals_target_greedy(pair, edge_proc, tmp_path):
     from nodes.decoding import autoregressive_generate
 
-    c = _client(pair, edge_proc, "vanilla", log=tmp_path / "rounds.jsonl")
+    c = _client(pair, edge_proc.endpoint, "vanilla", log=tmp_path / "rounds.jsonl")
     n_rounds = 0
     for ids in _prompts(pair, 12):
         res = c.run(ids, 128)
@@ -144,7 +151,7 @@ def test_wisv_protocols_end_to_end(pair, edge_proc):
     ids = _prompts(pair, 6)
     up = {}
     for protocol in ("vanilla", "wisv-full", "wisv-selective", "wisv-target", "ar-edge"):
-        c = _client(pair, edge_proc, protocol)
+        c = _client(pair, edge_proc.endpoint, protocol)
         rounds = []
         for x in ids:
             res = c.run(x, 128)
@@ -166,7 +173,7 @@ def test_bad_messages_do_not_kill_the_edge(pair, edge_proc):
     ctx = zmq.Context.instance()
     bad = ctx.socket(zmq.DEALER)
     bad.setsockopt(zmq.LINGER, 0)
-    bad.connect(edge_proc)
+    bad.connect(edge_proc.endpoint)
     bad.send_multipart([b"\xc1not msgpack"])
     assert decode(bad.recv_multipart()).code == "malformed"
     bad.send_multipart(encode(Draft("nope", 0, [1, 2])))
@@ -181,7 +188,7 @@ def test_bad_messages_do_not_kill_the_edge(pair, edge_proc):
     assert decode(bad.recv_multipart()).code == "bad_request"
     bad.send_multipart([b"x" * 2_000_000])  # over the edge's 1 MB limit: ZeroMQ drops it (and the peer)
     bad.close(0)
-    c = _client(pair, edge_proc)
+    c = _client(pair, edge_proc.endpoint)
     assert c.run(_prompts(pair, 1)[0], 64).ok
     c.close()
 
@@ -193,7 +200,7 @@ def test_two_devices_served_concurrently(pair, edge_proc):
     results: dict[int, list] = {}
 
     def work(k: int) -> None:
-        c = _client(pair, edge_proc, "vanilla" if k == 0 else "wisv-selective")
+        c = _client(pair, edge_proc.endpoint, "vanilla" if k == 0 else "wisv-selective")
         results[k] = [c.run(x, 128) for x in ids[k::2]]
         c.close()
 
@@ -213,14 +220,14 @@ def test_device_vanishing_mid_round_leaves_edge_serving(pair, edge_proc):
     ghost = ctx.socket(zmq.DEALER)
     ghost.setsockopt(zmq.LINGER, 0)
     ghost.setsockopt(zmq.IDENTITY, b"ghost")
-    ghost.connect(edge_proc)
+    ghost.connect(edge_proc.endpoint)
     ghost.send_multipart(encode(Hello("ghost", "wisv-selective", 4)))
     ghost.recv_multipart()
     ghost.send_multipart(encode(Start("g", _prompts(pair, 1)[0], 64)))
     ghost.recv_multipart()
     ghost.send_multipart(encode(Draft("g", 0, [5, 6, 7, 8])))  # then vanishes without reading the reply
     ghost.close(0)
-    c = _client(pair, edge_proc, "vanilla")
+    c = _client(pair, edge_proc.endpoint, "vanilla")
     assert c.run(_prompts(pair, 2)[1], 64).ok
     c.close()
 
@@ -257,3 +264,75 @@ def test_token_required_when_configured(pair):
         server.stop()
         t.join(timeout=5)
         server.close()
+
+
+def _edge_thread(pair, **kw):
+    from nodes.edge import EdgeServer
+
+    server = EdgeServer(pair.target, pair.eos_token_id, "tcp://127.0.0.1:*", **kw)
+    t = threading.Thread(target=server.serve, kwargs={"poll_ms": 20}, daemon=True)
+    t.start()
+    return server, t
+
+
+def test_curve_encryption(pair):
+    from nodes.device import DeviceClient, DeviceConfig
+
+    public, secret = zmq.curve_keypair()
+    server, t = _edge_thread(pair, curve_secret_key=secret)
+    try:
+        cp, cs = zmq.curve_keypair()
+        c = DeviceClient(pair.drafter, server.endpoint, DeviceConfig(), pair.eos_token_id, curve_keys=(public, cp, cs))
+        c.hello()
+        assert c.run(_prompts(pair, 1)[0], 32).ok
+        c.close()
+        wrong_public, _ = zmq.curve_keypair()  # a device that trusts another server key never talks to this edge
+        bad = DeviceClient(pair.drafter, server.endpoint, DeviceConfig(timeout_ms=200, retries=1), pair.eos_token_id,
+                           curve_keys=(wrong_public, cp, cs))
+        assert not bad.run(_prompts(pair, 1)[0], 8).ok
+        bad.close()
+    finally:
+        server.stop()
+        t.join(timeout=5)
+        server.close()
+
+
+def test_compute_profiles_pad_and_log(pair):
+    from nodes.device import DeviceClient, DeviceConfig
+    from nodes.profiles import ComputeProfile
+
+    server, t = _edge_thread(pair, profile=ComputeProfile(base_ms=20.0, per_token_ms=5.0))
+    try:
+        c = DeviceClient(pair.drafter, server.endpoint, DeviceConfig(gamma=4, profile=ComputeProfile(0.0, 10.0)),
+                         pair.eos_token_id)
+        c.hello()
+        res = c.run(_prompts(pair, 1)[0], 16)
+        c.close()
+    finally:
+        server.stop()
+        t.join(timeout=5)
+        server.close()
+    assert res.ok
+    for r in res.rounds:
+        assert r.draft_ms >= 10.0 * r.drafted - 0.5 and r.draft_pad_ms > 0
+        assert r.verify_ms >= 20.0 + 5.0 * r.drafted - 0.5 and r.verify_pad_ms > 0
+
+
+def test_request_survives_an_edge_stall(pair, edge_proc):
+    """A stall longer than one timeout (a deep fade) costs retries, not the request."""
+    from nodes.device import DeviceClient, DeviceConfig
+
+    c = DeviceClient(pair.drafter, edge_proc.endpoint, DeviceConfig(timeout_ms=300, retries=5), pair.eos_token_id)
+    c.hello()
+    # The edge's process is another test's fixture: stall it by pausing it for 0.7 s mid-request.
+    pid = edge_proc.pid
+    import os
+    import signal
+
+    timer = threading.Timer(0.05, lambda: (os.kill(pid, signal.SIGSTOP), time.sleep(0.7), os.kill(pid, signal.SIGCONT)))
+    timer.start()
+    res = c.run(_prompts(pair, 3)[2], 128)
+    timer.join()
+    c.close()
+    assert res.ok, res.error
+    assert sum(r.retries for r in res.rounds) >= 1
