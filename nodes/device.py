@@ -69,35 +69,42 @@ class RequestResult:
     error: str = ""
 
 
-class DeviceClient:
-    """Connects to an edge and runs requests with one protocol."""
+def matches(sent: Message, reply: Message) -> bool:
+    """True when ``reply`` answers ``sent`` (same request and round)."""
+    if isinstance(reply, HelloAck) or isinstance(sent, Hello):
+        return True
+    if getattr(reply, "request_id", None) != getattr(sent, "request_id", None):
+        return False
+    return getattr(sent, "round", -1) == getattr(reply, "round", getattr(sent, "round", -1))
 
-    def __init__(self, drafter: torch.nn.Module, endpoint: str, config: DeviceConfig = DeviceConfig(),
-                 eos_token_id: int | None = None, round_logger: RoundLogger | None = None,
-                 csi: Callable[[], dict[str, float]] | None = None, curve_keys: tuple | None = None):
-        self.cfg = config
-        self.protocol = get_protocol(config.protocol)
-        self.drafter = Drafter(drafter, SamplingConfig(config.temperature, config.seed))
-        self.endpoint, self.eos = endpoint, eos_token_id
-        self.logger, self.csi = round_logger, csi or (lambda: {})
-        self.ctx = zmq.Context.instance()
-        self._curve = curve_keys
-        self.sock = None
-        self._connect()
 
-    def _connect(self) -> None:
-        if self.sock is not None:
-            self.sock.close(0)
-        self.sock = self.ctx.socket(zmq.DEALER)
+class ZmqTransport:
+    """Real exchanges over a ZeroMQ DEALER with per-attempt timeouts and bounded retries; the
+    clock is the real one."""
+
+    def __init__(self, endpoint: str, cfg: DeviceConfig, curve_keys: tuple | None = None):
+        self.cfg = cfg
+        self.sock = zmq.Context.instance().socket(zmq.DEALER)
         self.sock.setsockopt(zmq.LINGER, 0)
-        self.sock.setsockopt(zmq.MAXMSGSIZE, self.cfg.max_message_bytes)
-        self.sock.setsockopt(zmq.IDENTITY, self.cfg.device_id.encode())
-        if self._curve is not None:  # (server public, client public, client secret)
-            self.sock.curve_serverkey, self.sock.curve_publickey, self.sock.curve_secretkey = self._curve
-        self.sock.connect(self.endpoint)
+        self.sock.setsockopt(zmq.MAXMSGSIZE, cfg.max_message_bytes)
+        self.sock.setsockopt(zmq.IDENTITY, cfg.device_id.encode())
+        if curve_keys is not None:  # (server public, client public, client secret)
+            self.sock.curve_serverkey, self.sock.curve_publickey, self.sock.curve_secretkey = curve_keys
+        self.sock.connect(endpoint)
 
-    # ------------------------------------------------------------------ exchanges
-    def _exchange(self, msg: Message, expect: tuple[type, ...], stats: dict) -> Message:
+    def now_ms(self) -> float:
+        """Monotonic time in ms."""
+        return time.perf_counter() * 1000.0
+
+    def wall_s(self) -> float:
+        """Wall-clock time (epoch s) for the logs."""
+        return time.time()
+
+    def compute(self, ms: float) -> None:
+        """Real compute already took its time."""
+
+    def exchange(self, msg: Message, expect: tuple[type, ...], stats: dict) -> Message:
+        """Send ``msg`` and return the matching reply, retrying after each timeout."""
         frames = encode(msg, {"hidden": self.cfg.hidden_dtype, "probs": "f32"})
         size = encoded_size(frames)
         for attempt in range(self.cfg.retries + 1):
@@ -113,7 +120,7 @@ class DeviceClient:
                 reply = decode(reply_frames, self.cfg.max_message_bytes)
                 if isinstance(reply, Error):
                     raise EdgeError(reply.code, reply.message)
-                if isinstance(reply, expect) and self._matches(msg, reply):
+                if isinstance(reply, expect) and matches(msg, reply):
                     stats["round_trips"] += 1
                     return reply
                 # a late reply to an earlier attempt of another exchange: ignore it
@@ -122,13 +129,32 @@ class DeviceClient:
                         self.cfg.timeout_ms, attempt + 1)
         raise ExchangeTimeout(f"no reply to {msg.TYPE} after {self.cfg.retries + 1} attempts")
 
-    @staticmethod
-    def _matches(sent: Message, reply: Message) -> bool:
-        if isinstance(reply, HelloAck) or isinstance(sent, Hello):
-            return True
-        if getattr(reply, "request_id", None) != getattr(sent, "request_id", None):
-            return False
-        return getattr(sent, "round", -1) == getattr(reply, "round", getattr(sent, "round", -1))
+    def send_only(self, msg: Message) -> None:
+        """Send without waiting for a reply (bye)."""
+        self.sock.send_multipart(encode(msg))
+
+    def close(self) -> None:
+        """Close the socket."""
+        self.sock.close(0)
+
+
+class DeviceClient:
+    """Runs requests with one protocol against an edge, through a transport (ZeroMQ by
+    default; the simulator passes one with an analytic link and a virtual clock)."""
+
+    def __init__(self, drafter: torch.nn.Module, endpoint: str | None, config: DeviceConfig = DeviceConfig(),
+                 eos_token_id: int | None = None, round_logger: RoundLogger | None = None,
+                 csi: Callable[[], dict[str, float]] | None = None, curve_keys: tuple | None = None,
+                 transport=None):
+        self.cfg = config
+        self.protocol = get_protocol(config.protocol)
+        self.drafter = Drafter(drafter, SamplingConfig(config.temperature, config.seed))
+        self.eos = eos_token_id
+        self.logger, self.csi = round_logger, csi or (lambda: {})
+        self.transport = transport if transport is not None else ZmqTransport(endpoint, config, curve_keys)
+
+    def _exchange(self, msg: Message, expect: tuple[type, ...], stats: dict) -> Message:
+        return self.transport.exchange(msg, expect, stats)
 
     def hello(self) -> HelloAck:
         """Open the session."""
@@ -139,33 +165,33 @@ class DeviceClient:
     def close(self) -> None:
         """Say bye and close the socket."""
         try:
-            self.sock.send_multipart(encode(Bye()))
+            self.transport.send_only(Bye())
         finally:
-            self.sock.close(0)
+            self.transport.close()
 
     # ------------------------------------------------------------------ a request
     def run(self, prompt: list[int], max_new_tokens: int = 128, request_id: str | None = None) -> RequestResult:
         """Run one request to completion; the result is marked failed (with partial rounds kept
         in the log) when the edge stops answering or rejects it."""
         rid = request_id or uuid.uuid4().hex[:12]
-        t0 = time.perf_counter()
+        t0 = self.transport.now_ms()
         rounds: list[RoundLog] = []
         out: list[int] = []
         try:
             if self.protocol.edge_only:
                 stats = _stats()
-                t_wall = time.time()
+                t_wall = self.transport.wall_s()
                 res: Result = self._exchange(Start(rid, list(prompt), max_new_tokens), (Result,), stats)
                 out = list(res.tokens)
-                wall = (time.perf_counter() - t0) * 1000.0
+                wall = self.transport.now_ms() - t0
                 rounds.append(self._log(rid, 0, len(out), 0, 0, -1, 0, out[-1] if out else -1, stats, 0.0, res.verify_ms,
                                         0.0, wall, t_wall, {}))
             else:
                 self._exchange(Start(rid, list(prompt), max_new_tokens), (Verdict,), _stats())
                 out = self._speculate(rid, list(prompt), max_new_tokens, rounds)
         except (ExchangeTimeout, EdgeError) as e:
-            return RequestResult(rid, out, rounds, (time.perf_counter() - t0) * 1000.0, ok=False, error=str(e))
-        return RequestResult(rid, out, rounds, (time.perf_counter() - t0) * 1000.0)
+            return RequestResult(rid, out, rounds, self.transport.now_ms() - t0, ok=False, error=str(e))
+        return RequestResult(rid, out, rounds, self.transport.now_ms() - t0)
 
     def _speculate(self, rid: str, seq: list[int], max_new_tokens: int, rounds: list[RoundLog]) -> list[int]:
         self.drafter.reset()
@@ -173,12 +199,13 @@ class DeviceClient:
         rnd = 0
         while True:
             stats = _stats()
-            t_wall, t0 = time.time(), time.perf_counter()
+            t_wall, t0 = self.transport.wall_s(), self.transport.now_ms()
             csi = self.csi()
             g = min(self.cfg.gamma, max_new_tokens - len(out))
             block = self.drafter.draft(seq, g, self.eos)
             pad_ms = self.cfg.profile.pad(block.draft_ms, len(block.tokens))
             block.draft_ms += pad_ms
+            self.transport.compute(block.draft_ms)
             hidden = block.hidden if self.protocol.hidden_upload == "all" else None
             probs = block.probs if self.cfg.temperature > 0 and self.protocol.name == "vanilla" else None
             reply = self._exchange(Draft(rid, rnd, block.tokens, csi, hidden, probs), (Verdict, HiddenRequest), stats)
@@ -192,7 +219,7 @@ class DeviceClient:
             seq.extend(new)
             out.extend(new)
             self.drafter.commit(len(seq))
-            wall = (time.perf_counter() - t0) * 1000.0
+            wall = self.transport.now_ms() - t0
             link = max(0.0, wall - block.draft_ms - v.verify_ms)
             stats["draft_pad_ms"], stats["verify_pad_ms"] = pad_ms, v.pad_ms
             rounds.append(self._log(rid, rnd, len(block.tokens), v.n_accepted, v.n_exact, v.first_mismatch,
@@ -207,7 +234,7 @@ class DeviceClient:
              wall_ms, t_wall, csi) -> RoundLog:
         rec = RoundLog(self.cfg.run_id, self.protocol.name, self.cfg.device_id, rid, rnd, drafted, accepted, exact,
                        first, harmless, nxt, stats["up_bytes"], stats["down_bytes"], stats["round_trips"], draft_ms,
-                       verify_ms, link_ms, wall_ms, t_wall, time.time(), stats["retries"], dict(csi),
+                       verify_ms, link_ms, wall_ms, t_wall, self.transport.wall_s(), stats["retries"], dict(csi),
                        stats.get("draft_pad_ms", 0.0), stats.get("verify_pad_ms", 0.0))
         if self.logger is not None:
             self.logger.write(rec)

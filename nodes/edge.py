@@ -68,22 +68,24 @@ class Session:
 class EdgeServer:
     """Serves verification for many devices; ``serve()`` runs until ``stop()``."""
 
-    def __init__(self, target: torch.nn.Module, eos_token_id: int | None, bind: str = "tcp://0.0.0.0:5555",
+    def __init__(self, target: torch.nn.Module, eos_token_id: int | None, bind: str | None = "tcp://0.0.0.0:5555",
                  limits: EdgeLimits = EdgeLimits(), token: str = "", head_paths: dict[str, str] | None = None,
                  curve_secret_key: bytes | None = None, profile: ComputeProfile = ComputeProfile()):
         self.target, self.eos, self.limits, self.token = target, eos_token_id, limits, token
         self.profile = profile
         self.head_paths = head_paths or {}
-        self.ctx = zmq.Context.instance()
-        self.sock = self.ctx.socket(zmq.ROUTER)
-        self.sock.setsockopt(zmq.MAXMSGSIZE, limits.max_message_bytes)
-        self.sock.setsockopt(zmq.LINGER, 0)
-        self.sock.setsockopt(zmq.ROUTER_HANDOVER, 1)  # a reconnecting device takes over its identity
-        if curve_secret_key is not None:
-            self.sock.curve_server = True
-            self.sock.curve_secretkey = curve_secret_key
-        self.sock.bind(bind)
-        self.endpoint = self.sock.getsockopt_string(zmq.LAST_ENDPOINT)
+        self.sock = None
+        self.endpoint = ""
+        if bind is not None:  # bind=None: no socket, frames are handed in directly (simulation)
+            self.sock = zmq.Context.instance().socket(zmq.ROUTER)
+            self.sock.setsockopt(zmq.MAXMSGSIZE, limits.max_message_bytes)
+            self.sock.setsockopt(zmq.LINGER, 0)
+            self.sock.setsockopt(zmq.ROUTER_HANDOVER, 1)  # a reconnecting device takes over its identity
+            if curve_secret_key is not None:
+                self.sock.curve_server = True
+                self.sock.curve_secretkey = curve_secret_key
+            self.sock.bind(bind)
+            self.endpoint = self.sock.getsockopt_string(zmq.LAST_ENDPOINT)
         self.sessions: dict[bytes, Session] = {}
         self._next_sid = 1
         self._running = True
@@ -95,7 +97,8 @@ class EdgeServer:
 
     def close(self) -> None:
         """Close the socket."""
-        self.sock.close(0)
+        if self.sock is not None:
+            self.sock.close(0)
 
     def serve(self, poll_ms: int = 100, until: float | None = None) -> None:
         """Handle messages until stopped (or until monotonic second ``until``)."""
@@ -107,21 +110,23 @@ class EdgeServer:
             frames = self.sock.recv_multipart(copy=True)
             if len(frames) < 2:
                 continue
-            ident, body = frames[0], frames[1:]
-            self.stats["messages"] += 1
-            try:
-                msg = decode(body, self.limits.max_message_bytes)
-                reply = self._handle(ident, msg)
-            except WireError as e:
-                self.stats["errors"] += 1
-                log.warning("rejected a message from %r: %s", ident, e)
-                reply = encode(Error(e.code, str(e)))
-            except Exception as e:  # a bug must not take the edge down for everyone
-                self.stats["errors"] += 1
-                log.exception("internal error serving %r", ident)
-                reply = encode(Error("internal", f"{type(e).__name__}: {e}"))
+            reply = self.handle_frames(frames[0], frames[1:])
             if reply is not None:
-                self.sock.send_multipart([ident, *reply])
+                self.sock.send_multipart([frames[0], *reply])
+
+    def handle_frames(self, ident: bytes, body: list[bytes]) -> list[bytes] | None:
+        """The reply frames to one message from device ``ident`` (None: no reply); never raises."""
+        self.stats["messages"] += 1
+        try:
+            return self._handle(ident, decode(body, self.limits.max_message_bytes))
+        except WireError as e:
+            self.stats["errors"] += 1
+            log.warning("rejected a message from %r: %s", ident, e)
+            return encode(Error(e.code, str(e)))
+        except Exception as e:  # a bug must not take the edge down for everyone
+            self.stats["errors"] += 1
+            log.exception("internal error serving %r", ident)
+            return encode(Error("internal", f"{type(e).__name__}: {e}"))
 
     # ------------------------------------------------------------------ handlers
     def _handle(self, ident: bytes, msg: Message) -> list[bytes] | None:

@@ -19,6 +19,7 @@ def build_parser() -> argparse.ArgumentParser:
     trace_cli.register(sub)
     models_cli.register(sub)
     models_cli.register_node(sub)
+    models_cli.register_simulate(sub)
     link_cli.register(sub)
     demo.register(sub)
     return p

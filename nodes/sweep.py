@@ -1,0 +1,82 @@
+"""Run protocols over one trace segment and summarise them: shared by ``wisv simulate`` (the
+analytic link) and, later, the emulated orchestrator. Every protocol restarts the trace at its
+beginning, so all protocols see the same channel."""
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from nodes.device import DeviceClient, DeviceConfig
+from nodes.edge import EdgeServer
+from nodes.evaluate import encode_prompt
+from nodes.models import ModelPair
+from nodes.simulate import AnalyticLink, SimTransport
+from nodes.tasks import ArithTask, score
+from nodes.telemetry import RoundLogger
+from traces.format import Trace
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class ProtocolSummary:
+    """Per-protocol figures of a run (latency in ms, bytes per token)."""
+
+    protocol: str
+    problems: int
+    failed: int
+    accuracy: float
+    tokens: int
+    rounds: int
+    mean_accepted_len: float
+    rounds_per_100_tokens: float
+    latency_ms_mean: float
+    latency_ms_p50: float
+    latency_ms_p95: float
+    tokens_per_s: float
+    up_bytes_per_token: float
+    down_bytes_per_token: float
+
+
+def summarise(protocol: str, problems, results, decode_fn) -> ProtocolSummary:
+    """Figures of one protocol's request results."""
+    toks = sum(len(r.tokens) for r in results)
+    rounds = [x for r in results for x in r.rounds]
+    lat = np.array([r.latency_ms for r in results])
+    correct = sum(r.ok and score(decode_fn(r.tokens), p) for r, p in zip(results, problems))
+    up = sum(x.up_bytes for x in rounds)
+    down = sum(x.down_bytes for x in rounds)
+    return ProtocolSummary(protocol, len(results), sum(not r.ok for r in results), correct / max(1, len(results)), toks,
+                           len(rounds), toks / max(1, len(rounds)), 100.0 * len(rounds) / max(1, toks),
+                           float(lat.mean()), float(np.percentile(lat, 50)), float(np.percentile(lat, 95)),
+                           toks / max(1e-9, lat.sum() / 1000.0), up / max(1, toks), down / max(1, toks))
+
+
+def simulate(pair: ModelPair, trace: Trace, protocols: list[str], n_problems: int = 20, gamma: int = 4,
+             out_dir: Path | None = None, seed: int = 0, run_id: str = "sim", max_new_tokens: int = 128,
+             split: str = "test") -> dict[str, ProtocolSummary]:
+    """Every protocol over the same trace segment with the analytic link; per-round logs go to
+    ``out_dir/rounds-<protocol>.jsonl`` and the summary to ``out_dir/summary.json``."""
+    problems = ArithTask().problems(split, n_problems)
+    out: dict[str, ProtocolSummary] = {}
+    for protocol in protocols:
+        edge = EdgeServer(pair.target, pair.eos_token_id, bind=None)
+        cfg = DeviceConfig(protocol=protocol, gamma=gamma, run_id=run_id, seed=seed, device_id="sim-device")
+        transport = SimTransport(edge, AnalyticLink(trace, seed=seed), cfg)
+        logger = RoundLogger(out_dir / f"rounds-{protocol}.jsonl") if out_dir else None
+        client = DeviceClient(pair.drafter, None, cfg, pair.eos_token_id, logger, csi=transport.csi, transport=transport)
+        client.hello()
+        results = [client.run(encode_prompt(pair, p), max_new_tokens, request_id=p.uid) for p in problems]
+        client.close()
+        if logger:
+            logger.close()
+        out[protocol] = summarise(protocol, problems, results,
+                                  lambda t: pair.tokenizer.decode(t, skip_special_tokens=True))
+        log.info("%s: %s", protocol, out[protocol])
+    if out_dir:
+        (out_dir / "summary.json").write_text(json.dumps({k: v.__dict__ for k, v in out.items()}, indent=2) + "\n")
+    return out
