@@ -78,16 +78,18 @@ def cmd_edge(a: argparse.Namespace) -> int:
 
 
 def cmd_device(a: argparse.Namespace) -> int:
+    import time
+
     from nodes.device import DeviceClient, DeviceConfig
     from nodes.evaluate import encode_prompt
     from nodes.models import load_pair
-    from nodes.tasks import ArithTask, score
+    from nodes.profiles import ComputeProfile
+    from nodes.sweep import request_record, summarise
+    from nodes.tasks import ArithTask
     from nodes.telemetry import RoundLogger
 
     pair = load_pair(a.drafter, a.target, dtype=a.dtype)
     logger = RoundLogger(a.log) if a.log else None
-    from nodes.profiles import ComputeProfile
-
     cfg = DeviceConfig(protocol=a.protocol, gamma=a.gamma, temperature=a.temperature, hidden_dtype=a.hidden_dtype,
                        timeout_ms=a.timeout_ms, retries=a.retries, token=a.token, run_id=a.run_id,
                        profile=ComputeProfile(0.0, a.profile_ms_per_token))
@@ -97,19 +99,28 @@ def cmd_device(a: argparse.Namespace) -> int:
 
         public, secret = zmq.curve_keypair()  # an ephemeral client key; the token authenticates the device
         curve = (Path(a.curve_server_public).read_bytes().strip(), public, secret)
-    client = DeviceClient(pair.drafter, a.connect, cfg, pair.eos_token_id, logger, curve_keys=curve)
+    csi = None
+    if a.trace:  # the CSI report: the trace step in force since the replay start (one monotonic clock)
+        from nodes.simulate import AnalyticLink
+        from traces.format import read_trace
+
+        link = AnalyticLink(read_trace(a.trace))
+        start = a.trace_start if a.trace_start is not None else time.monotonic()
+        csi = lambda: link.csi((time.monotonic() - start) * 1000.0)  # noqa: E731
+    client = DeviceClient(pair.drafter, a.connect, cfg, pair.eos_token_id, logger, csi=csi, curve_keys=curve)
     client.hello()
-    correct = failed = tokens = rounds = 0
-    for p in ArithTask().problems("test", a.problems):
+    decode_fn = lambda t: pair.tokenizer.decode(t, skip_special_tokens=True)  # noqa: E731
+    requests, rounds = [], []
+    for p in ArithTask().problems(a.split, a.problems, a.start_index):
         res = client.run(encode_prompt(pair, p), a.max_new_tokens, request_id=p.uid)
-        failed += not res.ok
-        tokens += len(res.tokens)
-        rounds += len(res.rounds)
-        correct += res.ok and score(pair.tokenizer.decode(res.tokens, skip_special_tokens=True), p)
+        requests.append(request_record(res, p, decode_fn))
+        rounds += [{"up_bytes": x.up_bytes, "down_bytes": x.down_bytes} for x in res.rounds]
     client.close()
-    sys.stdout.write(json.dumps({"protocol": a.protocol, "problems": a.problems, "accuracy": correct / max(1, a.problems),
-                                 "failed": failed, "mean_accepted_len": tokens / max(1, rounds)}) + "\n")
-    return 1 if failed else 0
+    summary = summarise(a.protocol, requests, rounds)
+    if a.json_out:
+        Path(a.json_out).write_text(json.dumps({"summary": summary.__dict__, "requests": requests}, indent=1) + "\n")
+    sys.stdout.write(json.dumps(summary.__dict__) + "\n")
+    return 1 if summary.failed else 0
 
 
 def cmd_keys(a: argparse.Namespace) -> int:
@@ -161,6 +172,11 @@ def register_node(sub: argparse._SubParsersAction) -> None:
             q.add_argument("--run-id", default="")
             q.add_argument("--curve-server-public", help="the edge's CURVE public key file (Z85)")
             q.add_argument("--profile-ms-per-token", type=float, default=0.0, help="emulated drafting time per token")
+            q.add_argument("--split", default="test", choices=["train", "validation", "test"])
+            q.add_argument("--start-index", type=int, default=0)
+            q.add_argument("--trace", help="trace whose step in force is reported as CSI")
+            q.add_argument("--trace-start", type=float, help="monotonic second at which the trace started")
+            q.add_argument("--json-out", help="write the summary and per-request records here")
     k = ns.add_parser("keys", help="make a CURVE key pair for an edge")
     k.add_argument("-o", "--output", default="keys")
     k.set_defaults(func=cmd_keys)

@@ -42,18 +42,25 @@ class ProtocolSummary:
     down_bytes_per_token: float
 
 
-def summarise(protocol: str, problems, results, decode_fn) -> ProtocolSummary:
-    """Figures of one protocol's request results."""
-    toks = sum(len(r.tokens) for r in results)
-    rounds = [x for r in results for x in r.rounds]
-    lat = np.array([r.latency_ms for r in results])
-    correct = sum(r.ok and score(decode_fn(r.tokens), p) for r, p in zip(results, problems))
-    up = sum(x.up_bytes for x in rounds)
-    down = sum(x.down_bytes for x in rounds)
-    return ProtocolSummary(protocol, len(results), sum(not r.ok for r in results), correct / max(1, len(results)), toks,
-                           len(rounds), toks / max(1, len(rounds)), 100.0 * len(rounds) / max(1, toks),
-                           float(lat.mean()), float(np.percentile(lat, 50)), float(np.percentile(lat, 95)),
+def summarise(protocol: str, requests: list[dict], rounds: list[dict]) -> ProtocolSummary:
+    """Figures of one protocol from per-request records (``ok``, ``correct``, ``n_tokens``,
+    ``latency_ms``) and per-round records (``up_bytes``, ``down_bytes``)."""
+    toks = sum(r["n_tokens"] for r in requests)
+    lat = np.array([r["latency_ms"] for r in requests]) if requests else np.zeros(1)
+    up = sum(x["up_bytes"] for x in rounds)
+    down = sum(x["down_bytes"] for x in rounds)
+    return ProtocolSummary(protocol, len(requests), sum(not r["ok"] for r in requests),
+                           sum(bool(r["correct"]) for r in requests) / max(1, len(requests)), toks, len(rounds),
+                           toks / max(1, len(rounds)), 100.0 * len(rounds) / max(1, toks), float(lat.mean()),
+                           float(np.percentile(lat, 50)), float(np.percentile(lat, 95)),
                            toks / max(1e-9, lat.sum() / 1000.0), up / max(1, toks), down / max(1, toks))
+
+
+def request_record(result, problem, decode_fn) -> dict:
+    """The per-request record of a device result (see :func:`summarise`)."""
+    return {"request_id": result.request_id, "ok": result.ok, "error": result.error,
+            "correct": bool(result.ok and score(decode_fn(result.tokens), problem)),
+            "n_tokens": len(result.tokens), "latency_ms": result.latency_ms, "rounds": len(result.rounds)}
 
 
 def simulate(pair: ModelPair, trace: Trace, protocols: list[str], n_problems: int = 20, gamma: int = 4,
@@ -74,8 +81,10 @@ def simulate(pair: ModelPair, trace: Trace, protocols: list[str], n_problems: in
         client.close()
         if logger:
             logger.close()
-        out[protocol] = summarise(protocol, problems, results,
-                                  lambda t: pair.tokenizer.decode(t, skip_special_tokens=True))
+        decode_fn = lambda t: pair.tokenizer.decode(t, skip_special_tokens=True)  # noqa: E731
+        requests = [request_record(r, p, decode_fn) for r, p in zip(results, problems)]
+        rounds = [{"up_bytes": x.up_bytes, "down_bytes": x.down_bytes} for r in results for x in r.rounds]
+        out[protocol] = summarise(protocol, requests, rounds)
         log.info("%s: %s", protocol, out[protocol])
     if out_dir:
         (out_dir / "summary.json").write_text(json.dumps({k: v.__dict__ for k, v in out.items()}, indent=2) + "\n")

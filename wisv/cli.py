@@ -6,6 +6,7 @@ import logging
 import sys
 
 from nodes import cli as models_cli
+from runs import cli as run_cli
 from topologies import cli as link_cli
 from traces import cli as trace_cli
 from wisv import demo
@@ -21,6 +22,7 @@ def build_parser() -> argparse.ArgumentParser:
     models_cli.register_node(sub)
     models_cli.register_simulate(sub)
     link_cli.register(sub)
+    run_cli.register(sub)
     demo.register(sub)
     return p
 

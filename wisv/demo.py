@@ -1,12 +1,13 @@
 """``wisv demo``: the README's main job on built-in defaults.
 
-Until the run orchestrator lands it chains the parts that exist, on the project's own shipped
-inputs (the pedestrian fading trace and the default drafter/target pair):
+On the project's own shipped inputs (the pedestrian fading trace, the default drafter/target
+pair and its head):
 1. traces: summary of the shipped trace, a channel model fitted to it, a fresh trace from the fit;
 2. decoding: exact greedy speculative decoding against the relaxed baselines (top-2, typical)
-   on test problems: accuracy, mean accepted length, rounds;
-3. link (as root): the shipped trace replayed on an emulated device–edge link, measured against
-   what it intended.
+   on test problems, in process: accuracy, mean accepted length, rounds;
+3. the protocols compared end to end: as root, an emulated run (edge and device processes in
+   Mininet hosts, ZeroMQ over a link replaying the trace); otherwise ``wisv simulate``'s
+   analytic link, and the demo says so.
 Results and plots go to the output folder (default ``runs/out/demo``).
 """
 from __future__ import annotations
@@ -63,12 +64,20 @@ def decoding_part(n_problems: int, gamma: int = 4) -> dict:
     return out
 
 
-def link_part(out_dir: Path, duration_s: float) -> dict:
-    """The shipped trace on an emulated link (root only)."""
-    from topologies.linkcheck import run_link_check
+def protocols_part(out_dir: Path, n_problems: int, emulate: bool) -> tuple[str, dict]:
+    """vanilla, wisv-full and wisv-selective over the shipped trace: emulated or simulated."""
+    protocols = ("vanilla", "wisv-full", "wisv-selective")
+    if emulate:
+        from runs.emulated import EmulatedSpec, run_emulated
+
+        return "emulated", run_emulated(EmulatedSpec(DEFAULT_TRACE, protocols, n_problems), out_dir / "run")
+    from nodes.models import load_pair
+    from nodes.sweep import simulate
     from traces.format import read_trace
 
-    return run_link_check(read_trace(DEFAULT_TRACE), duration_s=duration_s, run_dir=out_dir / "link")
+    (out_dir / "simulate").mkdir(parents=True, exist_ok=True)
+    return "simulated", simulate(load_pair(), read_trace(DEFAULT_TRACE), list(protocols), n_problems,
+                                 out_dir=out_dir / "simulate")
 
 
 def cmd_demo(a: argparse.Namespace) -> int:
@@ -83,16 +92,16 @@ def cmd_demo(a: argparse.Namespace) -> int:
     for name, r in result["decoding"].items():
         sys.stdout.write(f"policy {name:>8}: accuracy {r['accuracy']:.3f}, mean accepted length "
                          f"{r['mean_accepted_len']:.2f}, rounds per 100 tokens {r['rounds_per_100_tokens']:.1f}\n")
-    if os.geteuid() == 0 and not a.no_link:
-        link = link_part(out, a.link_seconds)
-        result["link"] = link
-        sys.stdout.write(f"link ({link['backend']}): {link['steps']} steps, {link['missed_steps']} missed; " + "; ".join(
-            f"{d} rate error {link[d]['rate_error_pct']:.1f} %, OWD error p99 {link[d]['owd_p99_error_ms']:+.2f} ms"
-            for d in ("up", "down")) + "\n")
-    else:
-        sys.stdout.write("link: skipped (needs root)\n")
+    from runs.cli import print_table
+
+    emulate = os.geteuid() == 0 and not a.simulate
+    how, res = protocols_part(out, a.problems, emulate)
+    result["protocols"] = {"mode": how, **{k: v.__dict__ for k, v in res.items()}}
+    sys.stdout.write(f"protocols over {DEFAULT_TRACE.name} ({how}"
+                     f"{'' if emulate else '; emulation needs root'}), {a.problems} problems each:\n")
+    print_table(res, sys.stdout)
     (out / "demo.json").write_text(json.dumps(result, indent=2) + "\n")
-    sys.stdout.write(f"results in {out}/ (demo.json, default_trace.png, refit_trace.png)\n")
+    sys.stdout.write(f"results in {out}/ (demo.json, plots, per-round logs)\n")
     return 0
 
 
@@ -100,7 +109,6 @@ def register(sub: argparse._SubParsersAction) -> None:
     """Add ``wisv demo``."""
     p = sub.add_parser("demo", help="run the main job on the built-in defaults")
     p.add_argument("-o", "--output", default="runs/out/demo")
-    p.add_argument("--problems", type=int, default=40)
-    p.add_argument("--link-seconds", type=float, default=8.0)
-    p.add_argument("--no-link", action="store_true")
+    p.add_argument("--problems", type=int, default=20)
+    p.add_argument("--simulate", action="store_true", help="use the analytic link even as root")
     p.set_defaults(func=cmd_demo)

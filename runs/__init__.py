@@ -1,0 +1,1 @@
+"""Experiments: run protocols end to end over emulated links and collect their logs."""
