@@ -336,3 +336,26 @@ def test_request_survives_an_edge_stall(pair, edge_proc):
     c.close()
     assert res.ok, res.error
     assert sum(r.retries for r in res.rounds) >= 1
+
+
+def test_session_limit_and_restarted_edge(pair):
+    from nodes.device import DeviceClient, DeviceConfig, EdgeError
+    from nodes.edge import EdgeLimits
+
+    server, t = _edge_thread(pair, limits=EdgeLimits(max_sessions=1))
+    try:
+        a = DeviceClient(pair.drafter, server.endpoint, DeviceConfig(), pair.eos_token_id)
+        a.hello()
+        b = DeviceClient(pair.drafter, server.endpoint, DeviceConfig(), pair.eos_token_id)
+        with pytest.raises(EdgeError) as e:
+            b.hello()
+        assert e.value.code == "too_many_sessions"
+        b.close()
+        server.sessions.clear()  # what an edge restart loses: the device's request fails cleanly
+        res = a.run(_prompts(pair, 1)[0], 16)
+        assert not res.ok and "no_session" in res.error
+        a.close()
+    finally:
+        server.stop()
+        t.join(timeout=5)
+        server.close()
