@@ -63,7 +63,8 @@ def cmd_edge(a: argparse.Namespace) -> int:
     secret = Path(a.curve_secret).read_bytes().strip() if a.curve_secret else None
     server = EdgeServer(pair.target, pair.eos_token_id, a.bind, EdgeLimits(max_gamma=a.max_gamma,
                         max_sessions=a.max_sessions, max_message_bytes=a.max_message_bytes), a.token, heads,
-                        curve_secret_key=secret, profile=ComputeProfile(a.profile_base_ms, a.profile_per_token_ms))
+                        curve_secret_key=secret, profile=ComputeProfile(a.profile_base_ms, a.profile_per_token_ms),
+                        head_lambda_ms=a.head_lambda_ms)
     signal.signal(signal.SIGTERM, lambda *_: server.stop())
     logging.getLogger(__name__).info("edge serving on %s", server.endpoint)
     sys.stdout.write(f"ready {server.endpoint}\n")
@@ -151,6 +152,7 @@ def register_node(sub: argparse._SubParsersAction) -> None:
             q.add_argument("--bind", default="tcp://0.0.0.0:5555")
             q.add_argument("--head", help="decision head for wisv-full/-selective")
             q.add_argument("--head-target", help="decision head for wisv-target")
+            q.add_argument("--head-lambda-ms", type=float, help="price of an accuracy-changing acceptance, ms")
             q.add_argument("--max-gamma", type=int, default=32)
             q.add_argument("--max-sessions", type=int, default=64)
             q.add_argument("--max-message-bytes", type=int, default=8 << 20)
@@ -160,7 +162,7 @@ def register_node(sub: argparse._SubParsersAction) -> None:
         else:
             q.add_argument("--connect", required=True)
             q.add_argument("--protocol", default="vanilla",
-                           choices=["ar-edge", "vanilla", "wisv-full", "wisv-selective", "wisv-target"])
+                           choices=["ar-edge", "vanilla", "wisv-full", "wisv-selective", "wisv-target", "topk", "typical"])
             q.add_argument("--gamma", type=int, default=4)
             q.add_argument("--temperature", type=float, default=0.0)
             q.add_argument("--hidden-dtype", choices=["f16", "bf16", "f32", "i8"], default="f16")
@@ -219,3 +221,57 @@ def register_simulate(sub: argparse._SubParsersAction) -> None:
     p.add_argument("-o", "--output", default="runs/out/simulate")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_simulate)
+
+
+def cmd_head_mine(a: argparse.Namespace) -> int:
+    from nodes.mining import mine
+    from nodes.models import load_pair
+
+    m = mine(load_pair(a.drafter, a.target), Path(a.output), a.problems, a.gamma)
+    sys.stdout.write(json.dumps({k: m[k] for k in ("labelled", "seconds", "seconds_per_label")}) + "\n")
+    return 0
+
+
+def cmd_head_train(a: argparse.Namespace) -> int:
+    from nodes.head_train import train_heads
+
+    r = train_heads(Path(a.data), Path(a.output), a.lambda_ms, a.kind)
+    sys.stdout.write(json.dumps({"auc": r.auc, "chosen": r.chosen, "shipped": r.shipped}) + "\n")
+    return 0
+
+
+def cmd_head_eval(a: argparse.Namespace) -> int:
+    from nodes.models import load_pair
+    from nodes.sweep import simulate
+    from traces.format import read_trace
+    from wisv.demo import DEFAULT_TRACE
+
+    res = simulate(load_pair(), read_trace(a.trace or DEFAULT_TRACE), a.protocols.split(","), a.problems,
+                   lambda_ms=a.lambda_ms)
+    sys.stdout.write(json.dumps({k: v.__dict__ for k, v in res.items()}) + "\n")
+    return 0
+
+
+def register_head(sub: argparse._SubParsersAction) -> None:
+    """Add the ``head`` command group (mine labels, train, evaluate)."""
+    p = sub.add_parser("head", help="the WISV decision head: mine labels, train, evaluate")
+    hs = p.add_subparsers(dest="head_cmd", required=True)
+    m = hs.add_parser("mine", help="AutoJudge-style labels on the training split (resumable)")
+    m.add_argument("-o", "--output", default="runs/out/mined")
+    m.add_argument("--problems", type=int, default=600)
+    m.add_argument("--gamma", type=int, default=4)
+    m.add_argument("--drafter")
+    m.add_argument("--target")
+    m.set_defaults(func=cmd_head_mine)
+    t = hs.add_parser("train", help="train heads, compare channel-aware schemes, write head files")
+    t.add_argument("--data", default="runs/out/mined")
+    t.add_argument("-o", "--output", default=str(Path(__file__).resolve().parent / "pretrained" / "default"))
+    t.add_argument("--lambda-ms", type=float, default=1000.0)
+    t.add_argument("--kind", choices=["logistic", "mlp"], default="logistic")
+    t.set_defaults(func=cmd_head_train)
+    e = hs.add_parser("eval", help="protocols with the shipped heads over a trace (simulated link)")
+    e.add_argument("--trace")
+    e.add_argument("--protocols", default="vanilla,wisv-full,wisv-selective,wisv-target,topk,typical")
+    e.add_argument("--problems", type=int, default=50)
+    e.add_argument("--lambda-ms", type=float)
+    e.set_defaults(func=cmd_head_eval)

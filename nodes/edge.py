@@ -70,9 +70,10 @@ class EdgeServer:
 
     def __init__(self, target: torch.nn.Module, eos_token_id: int | None, bind: str | None = "tcp://0.0.0.0:5555",
                  limits: EdgeLimits = EdgeLimits(), token: str = "", head_paths: dict[str, str] | None = None,
-                 curve_secret_key: bytes | None = None, profile: ComputeProfile = ComputeProfile()):
+                 curve_secret_key: bytes | None = None, profile: ComputeProfile = ComputeProfile(),
+                 head_lambda_ms: float | None = None):
         self.target, self.eos, self.limits, self.token = target, eos_token_id, limits, token
-        self.profile = profile
+        self.profile, self.head_lambda_ms = profile, head_lambda_ms
         self.head_paths = head_paths or {}
         self.sock = None
         self.endpoint = ""
@@ -169,7 +170,7 @@ class EdgeServer:
         if ident not in self.sessions and len(self.sessions) >= self.limits.max_sessions:
             raise WireError("too_many_sessions", f"the edge serves at most {self.limits.max_sessions} devices")
         try:
-            policy = edge_policy(protocol, h.temperature, self.head_paths.get(protocol.name))
+            policy = edge_policy(protocol, h.temperature, self.head_paths.get(protocol.name), self.head_lambda_ms)
         except (ValueError, FileNotFoundError) as e:
             raise WireError("bad_request", str(e)) from None
         s = Session(self._next_sid, h, Verifier(self.target), policy)

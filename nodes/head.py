@@ -7,7 +7,12 @@ A head decides, for a draft token that is *not* the target's choice, whether it 
   token, and the entropy (nats) of its distribution at that position;
 * ``target_hidden``: the target's last hidden state that predicts draft token i;
 * ``drafter_hidden``: the drafter's hidden state that produced draft token i (uploaded);
-* ``csi``: SNR (dB), uplink and downlink rate (Mbit/s), RTT (ms) from the device's report.
+* ``csi``: SNR (dB), log uplink and downlink rate (Mbit/s), log RTT (ms) from the device's report.
+
+Decision: ``fixed`` accepts when P(harmless) ≥ threshold; ``csi_cost`` accepts when the
+expected cost of rejecting, P · cost_ms(CSI) (an extra round at the CSI in force), exceeds that
+of accepting, (1 − P) · λ (λ in ms: the user's price of an accuracy-changing acceptance), i.e.
+P ≥ λ / (λ + cost_ms(CSI)). See :func:`round_cost_ms`.
 
 File: one ``.safetensors`` with the weights (``mean``/``std`` normaliser, ``w0``/``b0``[,
 ``w1``/``b1``]) and metadata ``wisv_head`` (JSON: version, kind, features, dims, threshold).
@@ -15,9 +20,10 @@ File: one ``.safetensors`` with the weights (``mean``/``std`` normaliser, ``w0``
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from nodes.decoding.policies import VerifyContext, _RelaxedPolicy
@@ -36,6 +42,7 @@ class HeadSpec:
     dims: dict[str, int]
     threshold: float = 0.5
     note: str = ""
+    decision: dict = field(default_factory=lambda: {"mode": "fixed"})
 
     @property
     def needs_drafter_hidden(self) -> bool:
@@ -83,8 +90,7 @@ class DecisionHead(torch.nn.Module):
                     raise ValueError("this head needs the drafter's hidden states")
                 cols.append(torch.as_tensor(ctx.drafter_hidden)[positions].float())
             elif name == "csi":
-                c = ctx.csi or {}
-                cols.append(torch.tensor([[float(c.get(k, 0.0)) for k in CSI_KEYS]]).expand(len(positions), -1))
+                cols.append(torch.tensor([csi_features(ctx.csi or {})]).expand(len(positions), -1))
             else:
                 raise ValueError(f"unknown head feature {name!r}")
         return torch.cat(cols, dim=-1)
@@ -94,7 +100,7 @@ class DecisionHead(torch.nn.Module):
         from safetensors.torch import save_file
 
         meta = {"version": HEAD_VERSION, "kind": self.spec.kind, "features": self.spec.features, "dims": self.spec.dims,
-                "threshold": self.spec.threshold, "note": self.spec.note}
+                "threshold": self.spec.threshold, "note": self.spec.note, "decision": self.spec.decision}
         tensors = {"mean": self.mean, "std": self.std}
         linears = [m for m in self.net.modules() if isinstance(m, torch.nn.Linear)]
         for i, lin in enumerate(linears):
@@ -118,7 +124,7 @@ class DecisionHead(torch.nn.Module):
         if meta.get("version") != HEAD_VERSION:
             raise ValueError(f"{path}: head version {meta.get('version')!r}, expected {HEAD_VERSION}")
         spec = HeadSpec(meta["kind"], list(meta["features"]), dict(meta["dims"]), float(meta["threshold"]),
-                        meta.get("note", ""))
+                        meta.get("note", ""), meta.get("decision", {"mode": "fixed"}))
         hidden_units = tensors["w0"].shape[0] if spec.kind == "mlp" else 64
         head = cls(spec, hidden_units)
         head.mean.copy_(tensors["mean"])
@@ -137,9 +143,12 @@ class HeadPolicy(_RelaxedPolicy):
 
     name = "wisv-head"
 
-    def __init__(self, head: DecisionHead, threshold: float | None = None):
+    def __init__(self, head: DecisionHead, threshold: float | None = None, lambda_ms: float | None = None):
         self.head = head
         self.threshold = head.spec.threshold if threshold is None else threshold
+        self.decision = dict(head.spec.decision)
+        if lambda_ms is not None:
+            self.decision["lambda_ms"] = float(lambda_ms)
         self.needs_drafter_hidden = head.spec.needs_drafter_hidden
         self.needs_target_hidden = "target_hidden" in head.spec.features
 
@@ -149,12 +158,35 @@ class HeadPolicy(_RelaxedPolicy):
         mism = (ctx.draft_tokens != greedy).nonzero().flatten()
         ok = torch.zeros(ctx.gamma, dtype=torch.bool)
         if mism.numel():
-            ok[mism] = self.head(self.head.features(ctx, mism)) >= self.threshold
+            ok[mism] = self.head(self.head.features(ctx, mism)) >= self.round_threshold(ctx.csi or {})
         return ok
+
+    def round_threshold(self, csi: dict[str, float]) -> float:
+        """P(harmless) needed to accept, at this CSI."""
+        if self.decision.get("mode") != "csi_cost":
+            return self.threshold
+        lam = float(self.decision["lambda_ms"])
+        return lam / (lam + round_cost_ms(csi, self.decision))
 
     def describe(self):
         return {"name": self.name, "threshold": self.threshold, "features": self.head.spec.features,
-                "kind": self.head.spec.kind, "note": self.head.spec.note}
+                "kind": self.head.spec.kind, "note": self.head.spec.note, "decision": self.decision}
+
+
+def csi_features(csi: dict[str, float]) -> list[float]:
+    """The head's CSI inputs: SNR dB, log rate up/down (Mbit/s), log RTT (ms)."""
+    return [float(csi.get("snr_db", 0.0)), float(np.log(max(csi.get("rate_up_mbps", 1.0), 1e-3))),
+            float(np.log(max(csi.get("rate_down_mbps", 1.0), 1e-3))), float(np.log(max(csi.get("rtt_ms", 1.0), 1e-3)))]
+
+
+def round_cost_ms(csi: dict[str, float], decision: dict) -> float:
+    """Expected latency (ms) of one extra round at this CSI: RTT, the draft and verdict
+    transmissions, a TCP retransmission timeout per expected loss, and the compute of a round."""
+    rate_up = max(csi.get("rate_up_mbps", 10.0), 1e-3) * 1e6
+    rate_down = max(csi.get("rate_down_mbps", 10.0), 1e-3) * 1e6
+    loss = float(csi.get("loss_up", 0.0)) + float(csi.get("loss_down", 0.0))
+    tx = 8.0 * (decision.get("bytes_up", 200.0) / rate_up + decision.get("bytes_down", 160.0) / rate_down) * 1000.0
+    return float(csi.get("rtt_ms", 20.0) + tx + loss * decision.get("rto_ms", 200.0) + decision.get("compute_ms", 5.0))
 
 
 def placeholder_head(target_hidden: int, drafter_hidden: int, with_drafter: bool = True) -> DecisionHead:

@@ -63,6 +63,5 @@ def load_pair(drafter_path: str | os.PathLike | None = None, target_path: str | 
     tok_d = load_tokenizer(drafter_path)
     if tok_t.get_vocab() != tok_d.get_vocab():
         raise ValueError(f"{drafter_path} and {target_path} do not share a tokenizer")
-    torch.set_grad_enabled(False)
     return ModelPair(drafter=load_model(drafter_path, device, dtype), target=load_model(target_path, device, dtype),
                      tokenizer=tok_t, device=torch.device(device), dtype=DTYPES[dtype])

@@ -7,13 +7,16 @@
 | wisv-full       | token ids + drafter hidden of every token  | match OR head (drafter+target)  |
 | wisv-selective  | token ids; hidden of mismatches on request | same head, fed where needed     |
 | wisv-target     | token ids                                  | head on target features only    |
+| topk            | token ids                                  | match OR in the target's top-2 (non-learned) |
+| typical         | token ids                                  | Medusa typical acceptance (non-learned)      |
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
 
-from nodes.decoding.policies import ExactMatch, RejectionSampling, VerificationPolicy
+from nodes.decoding.policies import (ExactMatch, RejectionSampling, TopKAcceptance, TypicalAcceptance,
+                                     VerificationPolicy)
 
 DEFAULT_HEADS = Path(__file__).resolve().parent / "pretrained" / "default"
 
@@ -35,6 +38,8 @@ PROTOCOLS: dict[str, Protocol] = {p.name: p for p in (
     Protocol("wisv-full", hidden_upload="all", uses_head=True),
     Protocol("wisv-selective", hidden_upload="mismatch", uses_head=True),
     Protocol("wisv-target", uses_head=True),
+    Protocol("topk"),
+    Protocol("typical"),
 )}
 
 
@@ -50,12 +55,19 @@ def default_head_path(protocol: Protocol) -> Path:
     return DEFAULT_HEADS / ("head-target.safetensors" if protocol.name == "wisv-target" else "head-full.safetensors")
 
 
-def edge_policy(protocol: Protocol, temperature: float, head_path: str | Path | None = None) -> VerificationPolicy:
-    """The verification policy the edge runs for ``protocol``."""
+def edge_policy(protocol: Protocol, temperature: float, head_path: str | Path | None = None,
+                lambda_ms: float | None = None) -> VerificationPolicy:
+    """The verification policy the edge runs for ``protocol`` (``lambda_ms`` overrides the
+    head's accuracy price)."""
+    if protocol.uses_head or protocol.name in ("topk", "typical"):
+        if temperature > 0:
+            raise ValueError(f"{protocol.name} verifies greedily (temperature 0)")
     if protocol.uses_head:
         from nodes.head import DecisionHead, HeadPolicy
 
-        if temperature > 0:
-            raise ValueError(f"{protocol.name} verifies greedily (temperature 0)")
-        return HeadPolicy(DecisionHead.load(head_path or default_head_path(protocol)))
+        return HeadPolicy(DecisionHead.load(head_path or default_head_path(protocol)), lambda_ms=lambda_ms)
+    if protocol.name == "topk":
+        return TopKAcceptance(k=2)
+    if protocol.name == "typical":
+        return TypicalAcceptance()
     return RejectionSampling() if temperature > 0 else ExactMatch()

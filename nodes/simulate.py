@@ -62,7 +62,7 @@ class AnalyticLink:
         """The CSI report a device would send at ``t_ms``."""
         r = self.row(t_ms)
         out = {"rate_up_mbps": r["rate_bps_up"] / 1e6, "rate_down_mbps": r["rate_bps_down"] / 1e6,
-               "rtt_ms": r["delay_ms_up"] + r["delay_ms_down"]}
+               "rtt_ms": r["delay_ms_up"] + r["delay_ms_down"], "loss_up": r["loss_up"], "loss_down": r["loss_down"]}
         if "snr_db_up" in r:
             out["snr_db"] = r["snr_db_up"]
         return out

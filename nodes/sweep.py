@@ -65,13 +65,13 @@ def request_record(result, problem, decode_fn) -> dict:
 
 def simulate(pair: ModelPair, trace: Trace, protocols: list[str], n_problems: int = 20, gamma: int = 4,
              out_dir: Path | None = None, seed: int = 0, run_id: str = "sim", max_new_tokens: int = 128,
-             split: str = "test") -> dict[str, ProtocolSummary]:
+             split: str = "test", lambda_ms: float | None = None) -> dict[str, ProtocolSummary]:
     """Every protocol over the same trace segment with the analytic link; per-round logs go to
     ``out_dir/rounds-<protocol>.jsonl`` and the summary to ``out_dir/summary.json``."""
     problems = ArithTask().problems(split, n_problems)
     out: dict[str, ProtocolSummary] = {}
     for protocol in protocols:
-        edge = EdgeServer(pair.target, pair.eos_token_id, bind=None)
+        edge = EdgeServer(pair.target, pair.eos_token_id, bind=None, head_lambda_ms=lambda_ms)
         cfg = DeviceConfig(protocol=protocol, gamma=gamma, run_id=run_id, seed=seed, device_id="sim-device")
         transport = SimTransport(edge, AnalyticLink(trace, seed=seed), cfg)
         logger = RoundLogger(out_dir / f"rounds-{protocol}.jsonl") if out_dir else None

@@ -21,6 +21,7 @@ def build_parser() -> argparse.ArgumentParser:
     models_cli.register(sub)
     models_cli.register_node(sub)
     models_cli.register_simulate(sub)
+    models_cli.register_head(sub)
     link_cli.register(sub)
     run_cli.register(sub)
     demo.register(sub)
