@@ -267,7 +267,7 @@ def register_head(sub: argparse._SubParsersAction) -> None:
     t.add_argument("--data", default="runs/out/mined")
     t.add_argument("-o", "--output", default=str(Path(__file__).resolve().parent / "pretrained" / "default"))
     t.add_argument("--lambda-ms", type=float, default=1000.0)
-    t.add_argument("--kind", choices=["logistic", "mlp"], default="logistic")
+    t.add_argument("--kind", choices=["logistic", "mlp"], help="only this model kind (default: both, keep the better)")
     t.set_defaults(func=cmd_head_train)
     e = hs.add_parser("eval", help="protocols with the shipped heads over a trace (simulated link)")
     e.add_argument("--trace")

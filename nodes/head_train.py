@@ -123,9 +123,33 @@ class TrainReport:
     shipped: dict
 
 
-def train_heads(data_dir: Path, out_dir: Path, lam: float = 1000.0, kind: str = "logistic", seed: int = 0) -> TrainReport:
-    """Train heads for every feature set, compare the two channel-aware schemes, save the
-    ``full`` and ``target`` heads of the chosen scheme to ``out_dir``; returns the report."""
+def train_heads(data_dir: Path, out_dir: Path, lam: float = 1000.0, kind: str | None = None,
+                seed: int = 0) -> TrainReport:
+    """Train heads for every feature set and model kind (logistic, MLP; or only ``kind``),
+    compare the two channel-aware schemes, save the ``full`` and ``target`` heads of the
+    cheapest (kind, scheme) to ``out_dir``; returns the report."""
+    kinds = [kind] if kind else ["logistic", "mlp"]
+    reports = {k: _train_kind(data_dir, lam, k, seed) for k in kinds}
+
+    def total(k: str) -> float:
+        r = reports[k]
+        return sum(r["comparison"][n][r["chosen"]]["cost_ms_per_mismatch"] for n in ("full", "target"))
+
+    best = min(kinds, key=total)
+    r = reports[best]
+    out_dir.mkdir(parents=True, exist_ok=True)
+    shipped = {}
+    for name, fname in (("full", "head-full.safetensors"), ("target", "head-target.safetensors")):
+        head = r["heads"][name]
+        shipped[name] = str(head.save(out_dir / fname))
+    report = TrainReport(r["auc"], {k: v["comparison"] for k, v in reports.items()}, f"{best}/{r['chosen']}", shipped)
+    (out_dir / "head-report.json").write_text(json.dumps({**report.__dict__, "auc_by_kind": {
+        k: v["auc"] for k, v in reports.items()}}, indent=2) + "\n")
+    return report
+
+
+def _train_kind(data_dir: Path, lam: float, kind: str, seed: int) -> dict:
+    """Heads of one model kind for every feature set, with both schemes compared."""
     from nodes.mining import load_dataset
 
     rows, th, dh = load_dataset(data_dir)
@@ -166,16 +190,13 @@ def train_heads(data_dir: Path, out_dir: Path, lam: float = 1000.0, kind: str = 
         heads[name] = (h, hc)
     scheme = "threshold" if sum(comparison[n]["threshold"]["cost_ms_per_mismatch"] for n in ("full", "target")) <= \
         sum(comparison[n]["cost"]["cost_ms_per_mismatch"] for n in ("full", "target")) else "cost"
-    out_dir.mkdir(parents=True, exist_ok=True)
-    shipped = {}
-    for name, fname in (("full", "head-full.safetensors"), ("target", "head-target.safetensors")):
+    chosen = {}
+    for name in ("full", "target"):
         h, hc = heads[name]
         head = h if scheme == "threshold" else hc
         head.spec.decision = ({"mode": "csi_cost", "lambda_ms": lam, **DECISION_DEFAULTS} if scheme == "threshold"
                               else {"mode": "fixed"})
-        head.spec.note = (f"trained on {int(train.sum())} mined mismatches, scheme {scheme}, lambda {lam:g} ms, "
+        head.spec.note = (f"trained on {int(train.sum())} mined mismatches, {kind}, scheme {scheme}, lambda {lam:g} ms, "
                           f"held-out AUC {aucs[name]:.3f}")
-        shipped[name] = str(head.save(out_dir / fname))
-    report = TrainReport(aucs, comparison, scheme, shipped)
-    (out_dir / "head-report.json").write_text(json.dumps(report.__dict__, indent=2) + "\n")
-    return report
+        chosen[name] = head
+    return {"auc": aucs, "comparison": comparison, "chosen": scheme, "heads": chosen}

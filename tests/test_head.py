@@ -47,7 +47,9 @@ def test_train_heads_reports_and_saves(mined, tmp_path):
 
     r = train_heads(mined, tmp_path, lam=1000.0)
     assert set(r.auc) == {"scalars", "target", "full"}
-    assert r.chosen in ("cost", "threshold")
+    kind, scheme = r.chosen.split("/")
+    assert kind in ("logistic", "mlp") and scheme in ("cost", "threshold")
+    assert set(r.comparison) == {"logistic", "mlp"}
     for name in ("full", "target"):
         head = DecisionHead.load(r.shipped[name])
         assert ("drafter_hidden" in head.spec.features) == (name == "full")
