@@ -93,7 +93,7 @@ def cmd_device(a: argparse.Namespace) -> int:
     logger = RoundLogger(a.log) if a.log else None
     cfg = DeviceConfig(protocol=a.protocol, gamma=a.gamma, temperature=a.temperature, hidden_dtype=a.hidden_dtype,
                        timeout_ms=a.timeout_ms, retries=a.retries, token=a.token, run_id=a.run_id,
-                       profile=ComputeProfile(0.0, a.profile_ms_per_token))
+                       profile=ComputeProfile(0.0, a.profile_ms_per_token), count_iface=a.count_iface)
     curve = None
     if a.curve_server_public:
         import zmq
@@ -179,6 +179,7 @@ def register_node(sub: argparse._SubParsersAction) -> None:
             q.add_argument("--trace", help="trace whose step in force is reported as CSI")
             q.add_argument("--trace-start", type=float, help="monotonic second at which the trace started")
             q.add_argument("--json-out", help="write the summary and per-request records here")
+            q.add_argument("--count-iface", help="interface whose counters give each round's on-wire bytes")
     k = ns.add_parser("keys", help="make a CURVE key pair for an edge")
     k.add_argument("-o", "--output", default="keys")
     k.set_defaults(func=cmd_keys)

@@ -55,6 +55,7 @@ class DeviceConfig:
     run_id: str = ""
     max_message_bytes: int = 8 << 20
     profile: ComputeProfile = field(default_factory=ComputeProfile)
+    count_iface: str | None = None  # interface whose L2 counters give each round's on-wire bytes
 
 
 @dataclass
@@ -199,6 +200,7 @@ class DeviceClient:
         rnd = 0
         while True:
             stats = _stats()
+            wire0 = self._wire()
             t_wall, t0 = self.transport.wall_s(), self.transport.now_ms()
             csi = self.csi()
             g = min(self.cfg.gamma, max_new_tokens - len(out))
@@ -222,6 +224,9 @@ class DeviceClient:
             wall = self.transport.now_ms() - t0
             link = max(0.0, wall - block.draft_ms - v.verify_ms)
             stats["draft_pad_ms"], stats["verify_pad_ms"] = pad_ms, v.pad_ms
+            if wire0 is not None:
+                wire1 = self._wire()
+                stats["wire_up_bytes"], stats["wire_down_bytes"] = wire1[0] - wire0[0], wire1[1] - wire0[1]
             rounds.append(self._log(rid, rnd, len(block.tokens), v.n_accepted, v.n_exact, v.first_mismatch,
                                     v.n_harmless, v.next_token, stats, block.draft_ms, v.verify_ms, link, wall, t_wall, csi))
             rnd += 1
@@ -230,12 +235,22 @@ class DeviceClient:
                     del out[out.index(self.eos) + 1:]
                 return out[:max_new_tokens]
 
+    def _wire(self) -> tuple[int, int] | None:
+        """(tx, rx) L2 bytes of the counted interface in this process's namespace, or None."""
+        if not self.cfg.count_iface:
+            return None
+        from topologies.counters import read_counters
+
+        c = read_counters("self", self.cfg.count_iface)
+        return c.tx_bytes, c.rx_bytes
+
     def _log(self, rid, rnd, drafted, accepted, exact, first, harmless, nxt, stats, draft_ms, verify_ms, link_ms,
              wall_ms, t_wall, csi) -> RoundLog:
         rec = RoundLog(self.cfg.run_id, self.protocol.name, self.cfg.device_id, rid, rnd, drafted, accepted, exact,
                        first, harmless, nxt, stats["up_bytes"], stats["down_bytes"], stats["round_trips"], draft_ms,
                        verify_ms, link_ms, wall_ms, t_wall, self.transport.wall_s(), stats["retries"], dict(csi),
-                       stats.get("draft_pad_ms", 0.0), stats.get("verify_pad_ms", 0.0))
+                       stats.get("draft_pad_ms", 0.0), stats.get("verify_pad_ms", 0.0),
+                       stats.get("wire_up_bytes", -1), stats.get("wire_down_bytes", -1))
         if self.logger is not None:
             self.logger.write(rec)
         return rec

@@ -40,6 +40,8 @@ class RoundLog:
     csi: dict[str, float] = field(default_factory=dict)
     draft_pad_ms: float = 0.0   # compute-profile padding inside draft_ms
     verify_pad_ms: float = 0.0  # compute-profile padding inside verify_ms
+    wire_up_bytes: int = -1     # on-wire (L2) bytes the device's interface sent in the round; -1: not counted
+    wire_down_bytes: int = -1   # on-wire (L2) bytes it received
 
 
 class RoundLogger:

@@ -51,8 +51,9 @@ def _write(path: Path, obj) -> None:
     path.write_text(json.dumps(obj, indent=2) + "\n")
 
 
-def run_emulated(spec: EmulatedSpec, run_dir: Path) -> dict[str, ProtocolSummary]:
-    """Run every protocol of ``spec``; results and logs go to ``run_dir``."""
+def run_emulated(spec: EmulatedSpec, run_dir: Path, on_device_start=None) -> dict[str, ProtocolSummary]:
+    """Run every protocol of ``spec``; results and logs go to ``run_dir``. ``on_device_start``
+    (protocol, Popen) is called when each device process starts (tests use it to kill one)."""
     run_dir.mkdir(parents=True, exist_ok=True)
     trace = read_trace(spec.trace)
     first = trace.data.iloc[0]
@@ -70,7 +71,7 @@ def run_emulated(spec: EmulatedSpec, run_dir: Path) -> dict[str, ProtocolSummary
             if not edge.stdout.readline().decode().startswith("ready"):
                 raise RunFailed(f"the edge did not start (see {run_dir / 'edge.log'})")
             for protocol in spec.protocols:
-                out[protocol] = _run_protocol(spec, protocol, net, run_dir, run_id)
+                out[protocol] = _run_protocol(spec, protocol, net, run_dir, run_id, on_device_start)
                 status["protocols"][protocol] = "done"
                 _write(run_dir / "status.json", status)
             status["status"] = "done"
@@ -92,7 +93,8 @@ def run_emulated(spec: EmulatedSpec, run_dir: Path) -> dict[str, ProtocolSummary
     return out
 
 
-def _run_protocol(spec: EmulatedSpec, protocol: str, net: EmulatedNetwork, run_dir: Path, run_id: str) -> ProtocolSummary:
+def _run_protocol(spec: EmulatedSpec, protocol: str, net: EmulatedNetwork, run_dir: Path, run_id: str,
+                  on_device_start=None) -> ProtocolSummary:
     replayer = TraceReplayer(net.links, [read_trace(spec.trace)], ReplayOptions(loop_to_ms=spec.timeout_s * 1000.0))
     start = time.monotonic() + 1.0  # the device loads its model meanwhile; the trace starts with its first request
     err = open(run_dir / f"device-{protocol}.log", "ab")
@@ -101,7 +103,10 @@ def _run_protocol(spec: EmulatedSpec, protocol: str, net: EmulatedNetwork, run_d
          "--protocol", protocol, "--problems", str(spec.problems), "--gamma", str(spec.gamma),
          "--max-new-tokens", str(spec.max_new_tokens), "--log", str(run_dir / f"rounds-{protocol}.jsonl"),
          "--run-id", run_id, "--trace", str(spec.trace), "--trace-start", f"{start}", "--json-out",
-         str(run_dir / f"requests-{protocol}.json")], stdout=subprocess.PIPE, stderr=err, cwd=str(REPO))
+         str(run_dir / f"requests-{protocol}.json"), "--count-iface", net.devices[0].intfList()[0].name],
+        stdout=subprocess.PIPE, stderr=err, cwd=str(REPO))
+    if on_device_start is not None:
+        on_device_start(protocol, dev)
     replayer.start(start)
     try:
         stdout, _ = dev.communicate(timeout=spec.timeout_s)

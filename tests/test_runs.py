@@ -32,3 +32,40 @@ def test_emulated_run_of_two_protocols(tmp_path):
         assert (run / f"link-steps-{p}.csv").exists()
     # nothing of the run is left behind
     assert "mininet:" not in subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True).stdout
+
+
+def test_killed_device_fails_the_run_keeps_rounds_and_leaves_nothing(tmp_path):
+    import signal
+    import threading
+    import time
+
+    from runs.emulated import EmulatedSpec, RunFailed, run_emulated
+    from topologies.net import REGISTRY_DIR
+    from traces.format import write_trace
+    from traces.synthetic import step_trace
+
+    trace = write_trace(step_trace(100.0, 10.0, [10e6], [10.0], [0.0], seed=5), tmp_path / "t.csv")
+    run = tmp_path / "run"
+    before_ifaces = subprocess.run(["ip", "-o", "link"], capture_output=True, text=True).stdout.count("\n")
+
+    def kill_after_rounds(protocol, proc):
+        def watch():
+            log = run / f"rounds-{protocol}.jsonl"
+            deadline = time.monotonic() + 60
+            while time.monotonic() < deadline:
+                if log.exists() and len(log.read_text().splitlines()) >= 5:
+                    proc.send_signal(signal.SIGKILL)
+                    return
+                time.sleep(0.05)
+        threading.Thread(target=watch, daemon=True).start()
+
+    with pytest.raises(RunFailed, match="device exited"):
+        run_emulated(EmulatedSpec(trace, ("vanilla",), problems=20), run, on_device_start=kill_after_rounds)
+    assert json.loads((run / "status.json").read_text())["status"] == "failed"
+    rounds = [json.loads(x) for x in open(run / "rounds-vanilla.jsonl")]
+    assert len(rounds) >= 5 and all(r["wire_up_bytes"] > 0 for r in rounds)
+    ps = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True).stdout
+    assert "mininet:" not in ps and "topologies.delay_element" not in ps and "node edge" not in ps
+    assert not list(REGISTRY_DIR.glob("net-*.json"))
+    after_ifaces = subprocess.run(["ip", "-o", "link"], capture_output=True, text=True).stdout.count("\n")
+    assert after_ifaces == before_ifaces

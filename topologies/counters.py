@@ -17,8 +17,8 @@ class IfCounters:
     tx_drops: int
 
 
-def read_counters(pid: int, ifname: str) -> IfCounters:
-    """Counters of ``ifname`` in the network namespace of process ``pid``."""
+def read_counters(pid: int | str, ifname: str) -> IfCounters:
+    """Counters of ``ifname`` in the network namespace of process ``pid`` (``"self"``: ours)."""
     with open(f"/proc/{pid}/net/dev") as f:
         for line in f:
             name, _, rest = line.partition(":")
