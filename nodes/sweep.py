@@ -85,6 +85,9 @@ def simulate(pair: ModelPair, trace: Trace, protocols: list[str], n_problems: in
         requests = [request_record(r, p, decode_fn) for r, p in zip(results, problems)]
         rounds = [{"up_bytes": x.up_bytes, "down_bytes": x.down_bytes} for r in results for x in r.rounds]
         out[protocol] = summarise(protocol, requests, rounds)
+        if out_dir:
+            (out_dir / f"requests-{protocol}.json").write_text(
+                json.dumps({"summary": out[protocol].__dict__, "requests": requests}, indent=1) + "\n")
         log.info("%s: %s", protocol, out[protocol])
     if out_dir:
         (out_dir / "summary.json").write_text(json.dumps({k: v.__dict__ for k, v in out.items()}, indent=2) + "\n")

@@ -64,20 +64,18 @@ def decoding_part(n_problems: int, gamma: int = 4) -> dict:
     return out
 
 
-def protocols_part(out_dir: Path, n_problems: int, emulate: bool) -> tuple[str, dict]:
-    """vanilla, wisv-full and wisv-selective over the shipped trace: emulated or simulated."""
-    protocols = ("vanilla", "wisv-full", "wisv-selective")
-    if emulate:
-        from runs.emulated import EmulatedSpec, run_emulated
+def protocols_part(out_dir: Path, n_problems: int, emulate: bool) -> tuple[str, "object"]:
+    """The built-in experiment (vanilla, wisv-full, wisv-selective over the shipped trace),
+    emulated or simulated, with its report; returns (mode, report table)."""
+    from runs.experiment import run_experiment
+    from runs.report import report
+    from runs.spec import load_spec
 
-        return "emulated", run_emulated(EmulatedSpec(DEFAULT_TRACE, protocols, n_problems), out_dir / "run")
-    from nodes.models import load_pair
-    from nodes.sweep import simulate
-    from traces.format import read_trace
-
-    (out_dir / "simulate").mkdir(parents=True, exist_ok=True)
-    return "simulated", simulate(load_pair(), read_trace(DEFAULT_TRACE), list(protocols), n_problems,
-                                 out_dir=out_dir / "simulate")
+    mode = "emulate" if emulate else "simulate"
+    run_dir = out_dir / "run"
+    run_experiment(load_spec(None, {"name": "default", "task": {"problems": n_problems}}), run_dir, mode, progress=False)
+    df, _ = report([run_dir])
+    return mode + "d", df
 
 
 def cmd_demo(a: argparse.Namespace) -> int:
@@ -92,16 +90,16 @@ def cmd_demo(a: argparse.Namespace) -> int:
     for name, r in result["decoding"].items():
         sys.stdout.write(f"policy {name:>8}: accuracy {r['accuracy']:.3f}, mean accepted length "
                          f"{r['mean_accepted_len']:.2f}, rounds per 100 tokens {r['rounds_per_100_tokens']:.1f}\n")
-    from runs.cli import print_table
+    from runs.report import as_json, markdown
 
     emulate = os.geteuid() == 0 and not a.simulate
-    how, res = protocols_part(out, a.problems, emulate)
-    result["protocols"] = {"mode": how, **{k: v.__dict__ for k, v in res.items()}}
+    how, df = protocols_part(out, a.problems, emulate)
+    result["protocols"] = {"mode": how, **as_json(df)}
     sys.stdout.write(f"protocols over {DEFAULT_TRACE.name} ({how}"
                      f"{'' if emulate else '; emulation needs root'}), {a.problems} problems each:\n")
-    print_table(res, sys.stdout)
+    sys.stdout.write(markdown(df))
     (out / "demo.json").write_text(json.dumps(result, indent=2) + "\n")
-    sys.stdout.write(f"results in {out}/ (demo.json, plots, per-round logs)\n")
+    sys.stdout.write(f"results in {out}/ (demo.json, trace plots; run/report.md, run/plots/, per-round logs)\n")
     return 0
 
 

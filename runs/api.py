@@ -1,0 +1,151 @@
+"""The testbed as a Python API, for scripting experiments the way Mininet users script topologies:
+
+    from runs.api import Testbed
+    with Testbed(run_dir="runs/out/mine") as tb:          # Mininet hosts, shaped links (root)
+        tb.attach_trace("traces/builtin/pedestrian_3p5ghz_60s.csv")
+        tb.start_edge()                                    # the target behind ZeroMQ, in the edge host
+        tb.run_protocol("vanilla", problems=5)
+        tb.run_protocol("wisv-full", problems=5)
+        df = tb.rounds()                                   # every round so far, as a DataFrame
+
+Each ``run_protocol`` restarts the trace at its beginning when the device process starts, so
+protocols see the same channel; the device reports the trace step in force as its CSI.
+"""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pandas as pd
+
+from nodes.sweep import ProtocolSummary
+from topologies.net import EDGE_IP, EmulatedNetwork
+from topologies.replayer import ReplayOptions, TraceReplayer
+from topologies.shapers import QueueLimit
+from topologies.topo import DeviceEdge
+from traces.format import read_trace
+
+REPO = Path(__file__).resolve().parent.parent
+EDGE_PORT = 5555
+
+
+class RunFailed(RuntimeError):
+    """A node failed; the partial logs are in the run directory."""
+
+
+class Testbed:
+    """An emulated device–edge testbed with real node processes (see module docstring)."""
+
+    def __init__(self, topo: DeviceEdge = DeviceEdge(), backend: str = "auto", seed: int = 0,
+                 run_dir: str | Path | None = None, queue_packets: int = 1000):
+        self.topo, self.backend, self.seed, self.queue_packets = topo, backend, seed, queue_packets
+        self.run_dir = Path(run_dir or tempfile.mkdtemp(prefix="wisv-run-"))
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self.net: EmulatedNetwork | None = None
+        self.trace_path: Path | None = None
+        self.edge = None
+        self._edge_log = None
+        self.model_args: list[str] = []
+
+    def __enter__(self) -> "Testbed":
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+    def start(self) -> "Testbed":
+        """Build the network."""
+        self.net = EmulatedNetwork(self.topo, backend=self.backend, seed=self.seed, run_dir=self.run_dir / "net",
+                                   queue=QueueLimit(packets=self.queue_packets))
+        try:
+            self.net.start()
+        except BaseException:
+            self.net.stop()
+            raise
+        return self
+
+    def attach_trace(self, path: str | Path) -> None:
+        """Use this trace for the link (its first row is applied now)."""
+        self.trace_path = Path(path)
+        first = read_trace(self.trace_path).data.iloc[0]
+        for d in ("up", "down"):
+            self.net.links[0][d].set(first[f"rate_bps_{d}"], first[f"delay_ms_{d}"], first[f"loss_{d}"])
+
+    def start_edge(self, drafter: str | None = None, target: str | None = None, lambda_ms: float | None = None) -> None:
+        """Start the edge process (target model) in the edge host."""
+        self.model_args = [*(["--drafter", drafter] if drafter else []), *(["--target", target] if target else [])]
+        self._edge_log = open(self.run_dir / "edge.log", "ab")
+        self.edge = self.net.edge.popen([sys.executable, "-m", "wisv.cli", "node", "edge", "--bind",
+                                         f"tcp://0.0.0.0:{EDGE_PORT}", *self.model_args,
+                                         *(["--head-lambda-ms", str(lambda_ms)] if lambda_ms else [])],
+                                        stdout=subprocess.PIPE, stderr=self._edge_log, cwd=str(REPO))
+        if not self.edge.stdout.readline().decode().startswith("ready"):
+            raise RunFailed(f"the edge did not start (see {self.run_dir / 'edge.log'})")
+
+    def run_protocol(self, protocol: str, problems: int = 20, gamma: int = 4, split: str = "test",
+                     max_new_tokens: int = 128, run_id: str = "", timeout_s: float = 900.0,
+                     on_device_start=None) -> ProtocolSummary:
+        """Run ``problems`` test problems with ``protocol`` from a device process, replaying the
+        trace from its start; the logs go to the run directory."""
+        if self.trace_path is None or self.edge is None:
+            raise RuntimeError("attach_trace() and start_edge() first")
+        rd = self.run_dir
+        replayer = TraceReplayer(self.net.links, [read_trace(self.trace_path)], ReplayOptions(loop_to_ms=timeout_s * 1000.0))
+        start = time.monotonic() + 1.0  # the device loads its model meanwhile; the trace starts with its first request
+        err = open(rd / f"device-{protocol}.log", "ab")
+        dev = self.net.devices[0].popen(
+            [sys.executable, "-m", "wisv.cli", "node", "device", "--connect", f"tcp://{EDGE_IP}:{EDGE_PORT}",
+             "--protocol", protocol, "--problems", str(problems), "--gamma", str(gamma), "--split", split,
+             "--max-new-tokens", str(max_new_tokens), "--log", str(rd / f"rounds-{protocol}.jsonl"), "--run-id", run_id,
+             "--trace", str(self.trace_path), "--trace-start", f"{start}", "--json-out",
+             str(rd / f"requests-{protocol}.json"), "--count-iface", self.net.devices[0].intfList()[0].name,
+             *self.model_args], stdout=subprocess.PIPE, stderr=err, cwd=str(REPO))
+        if on_device_start is not None:
+            on_device_start(protocol, dev)
+        replayer.start(start)
+        try:
+            stdout, _ = dev.communicate(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            dev.kill()
+            dev.wait()
+            raise RunFailed(f"{protocol}: the device did not finish in {timeout_s:g} s") from None
+        except BaseException:
+            dev.kill()
+            dev.wait()
+            raise
+        finally:
+            replayer.stop()
+            replayer.log.frame().to_csv(rd / f"link-steps-{protocol}.csv", index=False)
+            err.close()
+        if dev.returncode != 0 or not stdout.strip():
+            raise RunFailed(f"{protocol}: the device exited with {dev.returncode} (see {rd}/device-{protocol}.log; "
+                            f"rounds so far in rounds-{protocol}.jsonl)")
+        return ProtocolSummary(**json.loads(stdout.decode().strip().splitlines()[-1]))
+
+    def rounds(self, protocol: str | None = None) -> pd.DataFrame:
+        """The per-round log (of one protocol, or all) as a DataFrame."""
+        files = [self.run_dir / f"rounds-{protocol}.jsonl"] if protocol else sorted(self.run_dir.glob("rounds-*.jsonl"))
+        parts = [pd.read_json(f, lines=True) for f in files if f.exists() and f.stat().st_size]
+        return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame()
+
+    def stop(self) -> None:
+        """Stop the edge and tear the network down (idempotent)."""
+        if self.edge is not None:
+            if self.edge.poll() is None:
+                self.edge.terminate()
+                try:
+                    self.edge.wait(timeout=10)
+                except subprocess.TimeoutExpired:
+                    self.edge.kill()
+                    self.edge.wait()
+            self.edge = None
+        if self._edge_log:
+            self._edge_log.close()
+            self._edge_log = None
+        if self.net is not None:
+            self.net.stop()
+            self.net = None

@@ -1,0 +1,85 @@
+"""Experiment specs, sweeps, the experiment runner (simulated here) and reports."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from runs.spec import SpecError, load_spec
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.mark.parametrize("text,message", [
+    ("gama: 3\n", "unknown key 'gama'"),
+    ("gamma: 4ms\n", "gamma must be int"),
+    ("trace: {file: nope.csv}\n", "trace.file 'nope.csv' not found"),
+    ("protocols: [vanilla, turbo]\n", "unknown protocol"),
+    ("task: {problem: 3}\n", "unknown key 'task.problem'"),
+    ("replay: {start_ms: soon}\n", "replay.start_ms must be float"),
+    ("sweep: {gamma: 3}\n", "sweep.gamma must be a non-empty list"),
+    ("sweep: {task.nope: [1]}\n", "names no spec key"),
+    ("- a\n- b\n", "mapping"),
+])
+def test_spec_errors_name_file_and_key(tmp_path, text, message):
+    p = tmp_path / "bad.yaml"
+    p.write_text(text)
+    with pytest.raises(SpecError, match=message) as e:
+        load_spec(p)
+    assert str(p) in str(e.value)
+
+
+def test_sweep_expands_grid_and_resolves_paths(tmp_path):
+    p = tmp_path / "s.yaml"
+    p.write_text("name: g\nsweep: {gamma: [2, 4], lambda_ms: [100.0, 1000.0]}\ntask: {problems: 2}\n")
+    runs = load_spec(p)
+    assert [r.name for r in runs] == ["g-gamma=2-lambda_ms=100.0", "g-gamma=2-lambda_ms=1000.0",
+                                      "g-gamma=4-lambda_ms=100.0", "g-gamma=4-lambda_ms=1000.0"]
+    assert runs[3].get("gamma") == 4 and runs[3].get("task.problems") == 2
+    assert runs[0].trace_path().exists()  # the built-in trace, found in the repository
+    gen = load_spec(None, {"trace": {"generate": {"preset": "vehicular", "duration_s": 5.0, "seed": 2}}})[0]
+    assert gen.trace_path().suffix == ".parquet" and gen.trace_path() == gen.trace_path()
+
+
+def test_simulated_experiment_tables_and_report(tmp_path):
+    from runs.experiment import run_experiment
+    from runs.report import as_json, report
+
+    runs = load_spec(None, {"name": "t", "protocols": ["vanilla", "wisv-full"], "task": {"problems": 3},
+                            "repetitions": 2})
+    run_experiment(runs, tmp_path, "simulate", progress=False)
+    for rep in (0, 1):
+        spec = json.loads((tmp_path / "t" / f"rep{rep}" / "spec.json").read_text())
+        assert spec["repetition"] == rep and spec["mode"] == "simulate"
+    rounds = pd.read_parquet(tmp_path / "rounds.parquet")
+    requests = pd.read_parquet(tmp_path / "requests.parquet")
+    assert set(rounds["protocol"]) == {"vanilla", "wisv-full"} and set(requests["rep"]) == {0, 1}
+    assert len(requests) == 2 * 2 * 3 and "csi_rtt_ms" in rounds
+    df, plots = report([tmp_path])
+    assert list(df["protocol"]) == ["vanilla", "wisv-full"]
+    assert df.loc[df["protocol"] == "vanilla", "latency_ms_mean_vs_vanilla_pct"].iloc[0] == pytest.approx(0.0)
+    assert "latency_ms_mean_ci95" in df and all(p.exists() for p in plots)
+    j = as_json(df)
+    assert set(j) == {"vanilla", "wisv-full"} and "accuracy" in j["vanilla"]
+    assert (tmp_path / "report.md").read_text().startswith("| run | protocol |")
+
+
+def test_run_cli_simulated_and_report_json(tmp_path):
+    r = subprocess.run([sys.executable, "-m", "wisv.cli", "run", "--simulate", "--problems", "2", "--protocols",
+                        "vanilla,wisv-selective", "-o", str(tmp_path)], capture_output=True, text=True, cwd=str(REPO),
+                       timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert "| experiment | vanilla |" in r.stdout
+    r = subprocess.run([sys.executable, "-m", "wisv.cli", "report", str(tmp_path), "--json"], capture_output=True,
+                       text=True, cwd=str(REPO), timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert set(json.loads(r.stdout.strip().splitlines()[-1])) == {"vanilla", "wisv-selective"}
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("gamma: fast\n")
+    r = subprocess.run([sys.executable, "-m", "wisv.cli", "run", str(bad), "--simulate"], capture_output=True,
+                       text=True, cwd=str(REPO), timeout=60)
+    assert r.returncode == 2 and "gamma must be int" in r.stderr
