@@ -49,10 +49,18 @@ def register(sub: argparse._SubParsersAction) -> None:
     e.set_defaults(func=cmd_eval)
 
 
+def _threads(a: argparse.Namespace) -> None:
+    if a.threads:
+        import torch
+
+        torch.set_num_threads(a.threads)
+
+
 def cmd_edge(a: argparse.Namespace) -> int:
     import logging
     import signal
 
+    _threads(a)
     from nodes.edge import EdgeLimits, EdgeServer
     from nodes.models import load_pair
 
@@ -81,6 +89,7 @@ def cmd_edge(a: argparse.Namespace) -> int:
 def cmd_device(a: argparse.Namespace) -> int:
     import time
 
+    _threads(a)
     from nodes.device import DeviceClient, DeviceConfig
     from nodes.evaluate import encode_prompt
     from nodes.models import load_pair
@@ -147,6 +156,7 @@ def register_node(sub: argparse._SubParsersAction) -> None:
         q.add_argument("--target")
         q.add_argument("--dtype", choices=["fp32", "bf16", "fp16"], default="fp32")
         q.add_argument("--token", default="", help="shared secret the edge requires in hello")
+        q.add_argument("--threads", type=int, help="torch CPU threads (emulation: 1 per node, so nodes do not contend)")
         q.set_defaults(func=func)
         if name == "edge":
             q.add_argument("--bind", default="tcp://0.0.0.0:5555")

@@ -50,12 +50,14 @@ class AnalyticLink:
         i = max(0, int(np.searchsorted(self._t, t_ms % period, side="right")) - 1)
         return {c: float(v[i]) for c, v in self._cols.items()}
 
-    def transfer_ms(self, t_ms: float, nbytes: int, direction: str) -> float:
-        """Time for ``nbytes`` application bytes sent at ``t_ms`` to arrive, in ms."""
+    def transfer_ms(self, t_ms: float, nbytes: int, direction: str, expected: bool = False) -> float:
+        """Time for ``nbytes`` application bytes sent at ``t_ms`` to arrive, in ms (losses drawn,
+        or their expectation when ``expected``)."""
         r = self.row(t_ms)
         k = max(1, math.ceil(nbytes / SEGMENT_BYTES))
         tx = 8.0 * (nbytes + k * HEADER_BYTES) / r[f"rate_bps_{direction}"] * 1000.0
-        lost = int(self.rng.binomial(k, min(max(r[f"loss_{direction}"], 0.0), 1.0)))
+        p = min(max(r[f"loss_{direction}"], 0.0), 1.0)
+        lost = k * p if expected else int(self.rng.binomial(k, p))
         return r[f"delay_ms_{direction}"] + tx + lost * self.rto_ms
 
     def csi(self, t_ms: float) -> dict[str, float]:

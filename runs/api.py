@@ -80,7 +80,7 @@ class Testbed:
         self.model_args = [*(["--drafter", drafter] if drafter else []), *(["--target", target] if target else [])]
         self._edge_log = open(self.run_dir / "edge.log", "ab")
         self.edge = self.net.edge.popen([sys.executable, "-m", "wisv.cli", "node", "edge", "--bind",
-                                         f"tcp://0.0.0.0:{EDGE_PORT}", *self.model_args,
+                                         f"tcp://0.0.0.0:{EDGE_PORT}", "--threads", "1", *self.model_args,
                                          *(["--head-lambda-ms", str(lambda_ms)] if lambda_ms else [])],
                                         stdout=subprocess.PIPE, stderr=self._edge_log, cwd=str(REPO))
         if not self.edge.stdout.readline().decode().startswith("ready"):
@@ -99,7 +99,7 @@ class Testbed:
         err = open(rd / f"device-{protocol}.log", "ab")
         dev = self.net.devices[0].popen(
             [sys.executable, "-m", "wisv.cli", "node", "device", "--connect", f"tcp://{EDGE_IP}:{EDGE_PORT}",
-             "--protocol", protocol, "--problems", str(problems), "--gamma", str(gamma), "--split", split,
+             "--threads", "1", "--protocol", protocol, "--problems", str(problems), "--gamma", str(gamma), "--split", split,
              "--max-new-tokens", str(max_new_tokens), "--log", str(rd / f"rounds-{protocol}.jsonl"), "--run-id", run_id,
              "--trace", str(self.trace_path), "--trace-start", f"{start}", "--json-out",
              str(rd / f"requests-{protocol}.json"), "--count-iface", self.net.devices[0].intfList()[0].name,

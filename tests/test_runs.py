@@ -69,3 +69,13 @@ def test_killed_device_fails_the_run_keeps_rounds_and_leaves_nothing(tmp_path):
     assert not list(REGISTRY_DIR.glob("net-*.json"))
     after_ifaces = subprocess.run(["ip", "-o", "link"], capture_output=True, text=True).stdout.count("\n")
     assert after_ifaces == before_ifaces
+
+
+def test_emulation_and_simulation_agree(tmp_path):
+    from runs.agreement import check_agreement
+
+    r = check_agreement(tmp_path, {"name": "agree", "protocols": ["vanilla"], "task": {"problems": 4}})
+    v = r["protocols"]["vanilla"]
+    assert v["rounds_identical"]  # exact greedy: the same decisions in both
+    assert abs(v["round_wall_minus_predicted_ms_median"]) < 3.0  # an emulated round costs what the trace says
+    assert abs(v["latency_rel_diff"]) < 0.35  # the benchmark states 25 % on an idle machine
