@@ -116,9 +116,15 @@ def cmd_device(a: argparse.Namespace) -> int:
 
         link = AnalyticLink(read_trace(a.trace))
         start = a.trace_start if a.trace_start is not None else time.monotonic()
-        csi = lambda: link.csi((time.monotonic() - start) * 1000.0)  # noqa: E731
+        csi = lambda: link.csi((time.monotonic() - start) * 1000.0)  # noqa: E731 (start may be reset by --wait-go)
     client = DeviceClient(pair.drafter, a.connect, cfg, pair.eos_token_id, logger, csi=csi, curve_keys=curve)
     client.hello()
+    if a.wait_go:  # an orchestrator starts the trace now and tells us the monotonic second it started
+        sys.stdout.write("ready\n")
+        sys.stdout.flush()
+        go = sys.stdin.readline().split()
+        if a.trace and go:
+            start = float(go[0])
     decode_fn = lambda t: pair.tokenizer.decode(t, skip_special_tokens=True)  # noqa: E731
     requests, rounds = [], []
     for p in ArithTask().problems(a.split, a.problems, a.start_index):
@@ -190,6 +196,8 @@ def register_node(sub: argparse._SubParsersAction) -> None:
             q.add_argument("--trace-start", type=float, help="monotonic second at which the trace started")
             q.add_argument("--json-out", help="write the summary and per-request records here")
             q.add_argument("--count-iface", help="interface whose counters give each round's on-wire bytes")
+            q.add_argument("--wait-go", action="store_true",
+                           help="after hello print 'ready' and wait for a line '<trace start monotonic s>' on stdin")
     k = ns.add_parser("keys", help="make a CURVE key pair for an edge")
     k.add_argument("-o", "--output", default="keys")
     k.set_defaults(func=cmd_keys)

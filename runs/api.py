@@ -26,7 +26,7 @@ from nodes.sweep import ProtocolSummary
 from topologies.net import EDGE_IP, EmulatedNetwork
 from topologies.replayer import ReplayOptions, TraceReplayer
 from topologies.shapers import QueueLimit
-from topologies.topo import DeviceEdge
+from topologies.topo import DeviceEdge, Star
 from traces.format import read_trace
 
 REPO = Path(__file__).resolve().parent.parent
@@ -40,13 +40,14 @@ class RunFailed(RuntimeError):
 class Testbed:
     """An emulated device–edge testbed with real node processes (see module docstring)."""
 
-    def __init__(self, topo: DeviceEdge = DeviceEdge(), backend: str = "auto", seed: int = 0,
+    def __init__(self, topo: DeviceEdge | Star = DeviceEdge(), backend: str = "auto", seed: int = 0,
                  run_dir: str | Path | None = None, queue_packets: int = 1000):
         self.topo, self.backend, self.seed, self.queue_packets = topo, backend, seed, queue_packets
         self.run_dir = Path(run_dir or tempfile.mkdtemp(prefix="wisv-run-"))
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.net: EmulatedNetwork | None = None
         self.trace_path: Path | None = None
+        self.trace_paths: list[Path] = []
         self.edge = None
         self._edge_log = None
         self.model_args: list[str] = []
@@ -68,12 +69,18 @@ class Testbed:
             raise
         return self
 
-    def attach_trace(self, path: str | Path) -> None:
-        """Use this trace for the link (its first row is applied now)."""
-        self.trace_path = Path(path)
-        first = read_trace(self.trace_path).data.iloc[0]
-        for d in ("up", "down"):
-            self.net.links[0][d].set(first[f"rate_bps_{d}"], first[f"delay_ms_{d}"], first[f"loss_{d}"])
+    def attach_trace(self, path: str | Path | list) -> None:
+        """Use this trace for every device link, or one trace per device (a list); the first
+        rows are applied now."""
+        paths = [Path(p) for p in path] if isinstance(path, (list, tuple)) else [Path(path)] * len(self.net.links)
+        if len(paths) != len(self.net.links):
+            raise ValueError(f"{len(paths)} traces for {len(self.net.links)} devices")
+        self.trace_paths = paths
+        self.trace_path = paths[0]
+        for link, p in zip(self.net.links, paths):
+            first = read_trace(p).data.iloc[0]
+            for d in ("up", "down"):
+                link[d].set(first[f"rate_bps_{d}"], first[f"delay_ms_{d}"], first[f"loss_{d}"])
 
     def start_edge(self, drafter: str | None = None, target: str | None = None, lambda_ms: float | None = None) -> None:
         """Start the edge process (target model) in the edge host."""
@@ -88,43 +95,69 @@ class Testbed:
 
     def run_protocol(self, protocol: str, problems: int = 20, gamma: int = 4, split: str = "test",
                      max_new_tokens: int = 128, run_id: str = "", timeout_s: float = 900.0,
-                     on_device_start=None) -> ProtocolSummary:
-        """Run ``problems`` test problems with ``protocol`` from a device process, replaying the
-        trace from its start; the logs go to the run directory."""
+                     on_device_start=None, device_args: list[str] | None = None) -> ProtocolSummary:
+        """Run ``problems`` problems per device with ``protocol``, one device process per device
+        host (each on its own problems), replaying the trace(s) from their start at the moment
+        every device has loaded its model and said hello; logs go to the run directory."""
+        from nodes.sweep import summarise
+
         if self.trace_path is None or self.edge is None:
             raise RuntimeError("attach_trace() and start_edge() first")
         rd = self.run_dir
-        replayer = TraceReplayer(self.net.links, [read_trace(self.trace_path)], ReplayOptions(loop_to_ms=timeout_s * 1000.0))
-        start = time.monotonic() + 1.0  # the device loads its model meanwhile; the trace starts with its first request
-        err = open(rd / f"device-{protocol}.log", "ab")
-        dev = self.net.devices[0].popen(
-            [sys.executable, "-m", "wisv.cli", "node", "device", "--connect", f"tcp://{EDGE_IP}:{EDGE_PORT}",
-             "--threads", "1", "--protocol", protocol, "--problems", str(problems), "--gamma", str(gamma), "--split", split,
-             "--max-new-tokens", str(max_new_tokens), "--log", str(rd / f"rounds-{protocol}.jsonl"), "--run-id", run_id,
-             "--trace", str(self.trace_path), "--trace-start", f"{start}", "--json-out",
-             str(rd / f"requests-{protocol}.json"), "--count-iface", self.net.devices[0].intfList()[0].name,
-             *self.model_args], stdout=subprocess.PIPE, stderr=err, cwd=str(REPO))
-        if on_device_start is not None:
-            on_device_start(protocol, dev)
-        replayer.start(start)
+        n = len(self.net.devices)
+        tag = (lambda k: protocol) if n == 1 else (lambda k: f"{protocol}-d{k}")
+        replayer = TraceReplayer(self.net.links, [read_trace(p) for p in self.trace_paths],
+                                 ReplayOptions(loop_to_ms=timeout_s * 1000.0))
+        devs, errs = [], []
         try:
-            stdout, _ = dev.communicate(timeout=timeout_s)
-        except subprocess.TimeoutExpired:
-            dev.kill()
-            dev.wait()
-            raise RunFailed(f"{protocol}: the device did not finish in {timeout_s:g} s") from None
-        except BaseException:
-            dev.kill()
-            dev.wait()
-            raise
+            for k, host in enumerate(self.net.devices):
+                errs.append(open(rd / f"device-{tag(k)}.log", "ab"))
+                dev = host.popen(
+                    [sys.executable, "-m", "wisv.cli", "node", "device", "--connect", f"tcp://{EDGE_IP}:{EDGE_PORT}",
+                     "--threads", "1", "--protocol", protocol, "--problems", str(problems), "--start-index",
+                     str(k * problems), "--gamma", str(gamma), "--split", split, "--max-new-tokens", str(max_new_tokens),
+                     "--log", str(rd / f"rounds-{tag(k)}.jsonl"), "--run-id", run_id, "--trace",
+                     str(self.trace_paths[k]), "--wait-go", "--json-out", str(rd / f"requests-{tag(k)}.json"),
+                     "--count-iface", host.intfList()[0].name, *self.model_args, *(device_args or [])],
+                    stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=errs[-1], cwd=str(REPO))
+                devs.append(dev)
+                if on_device_start is not None:
+                    on_device_start(protocol, dev)
+            for k, dev in enumerate(devs):  # every device has its model and a session
+                if dev.stdout.readline().decode().strip() != "ready":
+                    raise RunFailed(f"{protocol}: device {k} did not start (see {rd}/device-{tag(k)}.log)")
+            start = time.monotonic()  # the trace starts with the first request
+            replayer.start(start)
+            for dev in devs:
+                dev.stdin.write(f"{start}\n".encode())
+                dev.stdin.flush()
+            deadline = time.monotonic() + timeout_s
+            outs = []
+            for k, dev in enumerate(devs):
+                try:
+                    stdout, _ = dev.communicate(timeout=max(1.0, deadline - time.monotonic()))
+                except subprocess.TimeoutExpired:
+                    raise RunFailed(f"{protocol}: device {k} did not finish in {timeout_s:g} s") from None
+                if dev.returncode != 0 or not stdout.strip():
+                    raise RunFailed(f"{protocol}: the device exited with {dev.returncode} (see {rd}/device-{tag(k)}.log;"
+                                    f" rounds so far in rounds-{tag(k)}.jsonl)")
+                outs.append(stdout)
         finally:
+            for dev in devs:
+                if dev.poll() is None:
+                    dev.kill()
+                    dev.wait()
             replayer.stop()
             replayer.log.frame().to_csv(rd / f"link-steps-{protocol}.csv", index=False)
-            err.close()
-        if dev.returncode != 0 or not stdout.strip():
-            raise RunFailed(f"{protocol}: the device exited with {dev.returncode} (see {rd}/device-{protocol}.log; "
-                            f"rounds so far in rounds-{protocol}.jsonl)")
-        return ProtocolSummary(**json.loads(stdout.decode().strip().splitlines()[-1]))
+            for e in errs:
+                e.close()
+        if n == 1:
+            return ProtocolSummary(**json.loads(outs[0].decode().strip().splitlines()[-1]))
+        requests, rounds = [], []
+        for k in range(n):
+            requests += json.loads((rd / f"requests-{tag(k)}.json").read_text())["requests"]
+            rounds += [json.loads(x) for x in open(rd / f"rounds-{tag(k)}.jsonl")]
+        return summarise(protocol, requests, rounds)
 
     def rounds(self, protocol: str | None = None) -> pd.DataFrame:
         """The per-round log (of one protocol, or all) as a DataFrame."""

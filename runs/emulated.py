@@ -32,6 +32,10 @@ class EmulatedSpec:
     target: str | None = None
     split: str = "test"
     queue_packets: int = 1000
+    n_devices: int = 1
+    cross_traffic_bps: float | None = None
+    backhaul_rate_bps: float | None = None
+    device_args: list[str] | None = None
 
 
 def _write(path: Path, obj) -> None:
@@ -47,13 +51,17 @@ def run_emulated(spec: EmulatedSpec, run_dir: Path, on_device_start=None) -> dic
         _write(run_dir / "spec.json", {**spec.__dict__, "trace": str(spec.trace), "run_id": run_id})
     out: dict[str, ProtocolSummary] = {}
     status = {"run_id": run_id, "status": "running", "protocols": {}}
-    with Testbed(backend=spec.backend, seed=spec.seed, run_dir=run_dir, queue_packets=spec.queue_packets) as tb:
+    from topologies.topo import CrossTraffic, DeviceEdge, Star
+
+    topo = DeviceEdge() if spec.n_devices == 1 and not spec.cross_traffic_bps else Star(
+        spec.n_devices, CrossTraffic(spec.cross_traffic_bps) if spec.cross_traffic_bps else None, spec.backhaul_rate_bps)
+    with Testbed(topo, backend=spec.backend, seed=spec.seed, run_dir=run_dir, queue_packets=spec.queue_packets) as tb:
         try:
             tb.attach_trace(spec.trace)
             tb.start_edge(spec.drafter, spec.target, spec.lambda_ms)
             for protocol in spec.protocols:
                 out[protocol] = tb.run_protocol(protocol, spec.problems, spec.gamma, spec.split, spec.max_new_tokens,
-                                                run_id, spec.timeout_s, on_device_start)
+                                                run_id, spec.timeout_s, on_device_start, spec.device_args)
                 status["protocols"][protocol] = "done"
                 _write(run_dir / "status.json", status)
             status["status"] = "done"

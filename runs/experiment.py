@@ -63,10 +63,15 @@ def run_experiment(runs: list[RunSpec], out_dir: Path, mode: str = "emulate", pr
             else:
                 from runs.emulated import EmulatedSpec, run_emulated
 
+                top = v["topology"]
                 res = run_emulated(EmulatedSpec(trace, tuple(v["protocols"]), v["task"]["problems"], v["gamma"],
                                                 v["link"]["backend"], seed, lambda_ms=v["lambda_ms"],
                                                 drafter=v["models"]["drafter"], target=v["models"]["target"],
-                                                split=v["task"]["split"], queue_packets=v["link"]["queue_packets"]), rd)
+                                                split=v["task"]["split"], queue_packets=v["link"]["queue_packets"],
+                                                n_devices=top["n_devices"] if top["kind"] == "star" else 1,
+                                                cross_traffic_bps=top.get("cross_traffic_bps"),
+                                                backhaul_rate_bps=top.get("backhaul_rate_bps"),
+                                                device_args=device_args(v)), rd)
             results.setdefault(run.name, {})[rep] = {k: s.__dict__ for k, s in res.items()}
             if bar:
                 bar.update(1)
@@ -75,6 +80,14 @@ def run_experiment(runs: list[RunSpec], out_dir: Path, mode: str = "emulate", pr
             bar.close()
         collect_tables(out_dir, mode)
     return results
+
+
+def device_args(v: dict) -> list[str]:
+    """Device command-line options a spec sets (sampling, hidden dtype, compute profile)."""
+    out = ["--temperature", str(v["temperature"]), "--hidden-dtype", v["hidden_dtype"]]
+    if v["profile"]["device_ms_per_token"]:
+        out += ["--profile-ms-per-token", str(v["profile"]["device_ms_per_token"])]
+    return out
 
 
 def collect_tables(out_dir: Path, mode: str) -> None:
@@ -92,7 +105,7 @@ def collect_tables(out_dir: Path, mode: str) -> None:
                 rounds.append(pd.concat([df, csi], axis=1).assign(**tag))
         for f in rd.glob("requests-*.json"):
             obj = json.loads(f.read_text())
-            requests.append(pd.DataFrame(obj["requests"]).assign(protocol=f.stem[len("requests-"):], **tag))
+            requests.append(pd.DataFrame(obj["requests"]).assign(protocol=obj["summary"]["protocol"], **tag))
         for f in rd.glob("link-steps-*.csv"):
             df = pd.read_csv(f)
             if len(df):

@@ -7,6 +7,9 @@
     protocols: [vanilla, wisv-full, wisv-selective]
     gamma: 4
     lambda_ms: null
+    temperature: 0.0                    # > 0: vanilla samples (rejection sampling)
+    hidden_dtype: f16                   # f16, bf16, f32, i8 on the wire
+    profile: {device_ms_per_token: 0}   # emulate a slower device (padding, logged)
     models: {drafter: null, target: null}
     task: {split: test, problems: 20}
     repetitions: 1
@@ -33,13 +36,16 @@ from nodes.protocols import PROTOCOLS
 REPO = Path(__file__).resolve().parent.parent
 DEFAULTS: dict[str, Any] = {
     "name": "experiment",
-    "topology": {"kind": "device-edge"},
+    "topology": {"kind": "device-edge", "n_devices": 1, "cross_traffic_bps": None, "backhaul_rate_bps": None},
     "trace": {"file": "traces/builtin/pedestrian_3p5ghz_60s.csv"},
     "replay": {"start_ms": 0.0, "end_ms": None, "time_scale": 1.0},
     "link": {"backend": "auto", "queue_packets": 1000},
     "protocols": ["vanilla", "wisv-full", "wisv-selective"],
     "gamma": 4,
     "lambda_ms": None,
+    "temperature": 0.0,
+    "hidden_dtype": "f16",
+    "profile": {"device_ms_per_token": 0.0},
     "models": {"drafter": None, "target": None},
     "task": {"split": "test", "problems": 20},
     "repetitions": 1,
@@ -47,7 +53,9 @@ DEFAULTS: dict[str, Any] = {
     "sweep": {},
 }
 _TYPES: dict[str, Any] = {
-    "name": str, "topology.kind": str, "trace.file": str, "trace.generate": dict, "replay.start_ms": float,
+    "name": str, "topology.kind": str, "topology.n_devices": int, "topology.cross_traffic_bps": (float, type(None)),
+    "topology.backhaul_rate_bps": (float, type(None)), "temperature": float, "hidden_dtype": str,
+    "profile.device_ms_per_token": float, "trace.file": str, "trace.generate": dict, "replay.start_ms": float,
     "replay.end_ms": (float, type(None)), "replay.time_scale": float, "link.backend": str, "link.queue_packets": int,
     "protocols": list, "gamma": int, "lambda_ms": (float, type(None)), "models.drafter": (str, type(None)),
     "models.target": (str, type(None)), "task.split": str, "task.problems": int, "repetitions": int, "seed": int,
@@ -143,8 +151,15 @@ def _check(values: dict, source: str) -> None:
         raise SpecError(f"{source}: unknown protocol(s) {bad}; known: {sorted(PROTOCOLS)}")
     if values["gamma"] < 1 or values["task"]["problems"] < 1 or values["repetitions"] < 1:
         raise SpecError(f"{source}: gamma, task.problems and repetitions must be >= 1")
-    if values["topology"]["kind"] not in ("device-edge",):
-        raise SpecError(f"{source}: topology.kind {values['topology']['kind']!r}: runs support device-edge so far")
+    top = values["topology"]
+    if top["kind"] not in ("device-edge", "star"):
+        raise SpecError(f"{source}: topology.kind must be device-edge or star, not {top['kind']!r}")
+    if top["kind"] == "device-edge" and (top["n_devices"] != 1 or top["cross_traffic_bps"]):
+        raise SpecError(f"{source}: device-edge has one device and no cross traffic; use kind: star")
+    if values["hidden_dtype"] not in ("f16", "bf16", "f32", "i8"):
+        raise SpecError(f"{source}: hidden_dtype must be f16, bf16, f32 or i8")
+    if values["temperature"] > 0 and any(p.startswith("wisv") or p in ("topk", "typical") for p in values["protocols"]):
+        raise SpecError(f"{source}: temperature > 0 is for vanilla (rejection sampling) and ar-edge only")
 
 
 def load_spec(path: str | Path | None = None, overrides: dict | None = None) -> list[RunSpec]:

@@ -79,3 +79,20 @@ def test_emulation_and_simulation_agree(tmp_path):
     assert v["rounds_identical"]  # exact greedy: the same decisions in both
     assert abs(v["round_wall_minus_predicted_ms_median"]) < 3.0  # an emulated round costs what the trace says
     assert abs(v["latency_rel_diff"]) < 0.35  # the benchmark states 25 % on an idle machine
+
+
+def test_star_experiment_two_devices_with_cross_traffic(tmp_path):
+    from runs.experiment import run_experiment
+    from runs.spec import load_spec
+
+    runs = load_spec(None, {"name": "star", "protocols": ["vanilla", "wisv-full"], "task": {"problems": 2},
+                            "topology": {"kind": "star", "n_devices": 2, "cross_traffic_bps": 2e6,
+                                         "backhaul_rate_bps": 100e6}})
+    res = run_experiment(runs, tmp_path, "emulate", progress=False)
+    s = res["star"][0]
+    assert s["vanilla"]["problems"] == 4 and s["vanilla"]["failed"] == 0  # 2 devices x 2 problems
+    import pandas as pd
+
+    rounds = pd.read_parquet(tmp_path / "rounds.parquet")
+    assert rounds["device_id"].nunique() == 4  # two device processes per protocol
+    assert set(pd.read_parquet(tmp_path / "requests.parquet")["protocol"]) == {"vanilla", "wisv-full"}
