@@ -108,6 +108,23 @@ def markdown(df: pd.DataFrame) -> str:
     return head + "\n".join(lines) + "\n"
 
 
+def _finish(fig, axes, path: Path, made: list[Path], xlabel: str | None = None, ylabel: str | None = None) -> None:
+    """Label, grid, legend, save and close a figure; append its path to ``made``."""
+    import matplotlib.pyplot as plt
+
+    for ax in np.atleast_1d(axes):
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    if xlabel:
+        np.atleast_1d(axes)[-1].set_xlabel(xlabel)
+    if ylabel:
+        np.atleast_1d(axes)[0].set_ylabel(ylabel)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    made.append(path)
+
+
 def plots(rounds: pd.DataFrame, requests: pd.DataFrame, out: Path) -> list[Path]:
     """Latency CDF, accepted length vs SNR, rounds and bytes over time, accuracy vs latency (λ)."""
     import matplotlib
@@ -121,14 +138,7 @@ def plots(rounds: pd.DataFrame, requests: pd.DataFrame, out: Path) -> list[Path]
     for (run, protocol), rq in requests.groupby(["run", "protocol"], sort=False):
         x = np.sort(rq["latency_ms"].to_numpy())
         ax.step(x, np.arange(1, len(x) + 1) / len(x), where="post", label=f"{protocol} ({run})")
-    ax.set_xlabel("request latency (ms)")
-    ax.set_ylabel("CDF")
-    ax.legend(fontsize=7)
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
-    made.append(out / "latency_cdf.png")
-    fig.savefig(made[-1], dpi=110)
-    plt.close(fig)
+    _finish(fig, ax, out / "latency_cdf.png", made, "request latency (ms)", "CDF")
     if "csi_snr_db" in rounds:
         fig, ax = plt.subplots(figsize=(6, 4))
         bins = np.arange(np.floor(rounds["csi_snr_db"].min()), np.ceil(rounds["csi_snr_db"].max()) + 2, 2.0)
@@ -136,14 +146,7 @@ def plots(rounds: pd.DataFrame, requests: pd.DataFrame, out: Path) -> list[Path]
             b = pd.cut(rd["csi_snr_db"], bins)
             m = (rd["accepted"] + 1).groupby(b, observed=True).mean()
             ax.plot([i.mid for i in m.index], m.to_numpy(), marker="o", label=protocol)
-        ax.set_xlabel("SNR in force (dB)")
-        ax.set_ylabel("accepted length per round")
-        ax.legend(fontsize=7)
-        ax.grid(alpha=0.3)
-        fig.tight_layout()
-        made.append(out / "accepted_vs_snr.png")
-        fig.savefig(made[-1], dpi=110)
-        plt.close(fig)
+        _finish(fig, ax, out / "accepted_vs_snr.png", made, "SNR in force (dB)", "accepted length per round")
     fig, axes = plt.subplots(3, 1, figsize=(8, 7), sharex=True)
     for protocol, rd in rounds[rounds["rep"] == rounds["rep"].min()].groupby("protocol", sort=False):
         rd = rd.sort_values("t_start")
@@ -155,14 +158,7 @@ def plots(rounds: pd.DataFrame, requests: pd.DataFrame, out: Path) -> list[Path]
     axes[0].set_ylabel("rounds")
     axes[1].set_ylabel("uplink kB")
     axes[2].set_ylabel("trace rate up (Mbit/s)")
-    axes[2].set_xlabel("time since the protocol started (s)")
-    for ax in axes:
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=7)
-    fig.tight_layout()
-    made.append(out / "rounds_bytes_over_time.png")
-    fig.savefig(made[-1], dpi=110)
-    plt.close(fig)
+    _finish(fig, axes, out / "rounds_bytes_over_time.png", made, "time since the protocol started (s)")
     lam = requests.dropna(subset=["lambda_ms"]) if "lambda_ms" in requests else requests.iloc[0:0]
     if len(lam) and lam["lambda_ms"].nunique() > 1:
         fig, ax = plt.subplots(figsize=(6, 4))
@@ -171,14 +167,7 @@ def plots(rounds: pd.DataFrame, requests: pd.DataFrame, out: Path) -> list[Path]
             ax.plot(g["lat"], g["acc"], marker="o", label=protocol)
             for l_, r in g.iterrows():
                 ax.annotate(f"λ={l_:g}", (r["lat"], r["acc"]), fontsize=7)
-        ax.set_xlabel("mean latency (ms)")
-        ax.set_ylabel("accuracy")
-        ax.legend(fontsize=7)
-        ax.grid(alpha=0.3)
-        fig.tight_layout()
-        made.append(out / "accuracy_vs_latency.png")
-        fig.savefig(made[-1], dpi=110)
-        plt.close(fig)
+        _finish(fig, ax, out / "accuracy_vs_latency.png", made, "mean latency (ms)", "accuracy")
     return made
 
 
