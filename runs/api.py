@@ -41,8 +41,9 @@ class Testbed:
     """An emulated device–edge testbed with real node processes (see module docstring)."""
 
     def __init__(self, topo: DeviceEdge | Star = DeviceEdge(), backend: str = "auto", seed: int = 0,
-                 run_dir: str | Path | None = None, queue_packets: int = 1000):
+                 run_dir: str | Path | None = None, queue_packets: int = 1000, progress: bool = False):
         self.topo, self.backend, self.seed, self.queue_packets = topo, backend, seed, queue_packets
+        self.progress = progress
         self.run_dir = Path(run_dir or tempfile.mkdtemp(prefix="wisv-run-"))
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.net: EmulatedNetwork | None = None
@@ -132,6 +133,7 @@ class Testbed:
                 dev.stdin.write(f"{start}\n".encode())
                 dev.stdin.flush()
             deadline = time.monotonic() + timeout_s
+            self._watch(protocol, devs, [rd / f"rounds-{tag(k)}.jsonl" for k in range(n)], problems * n, deadline)
             outs = []
             for k, dev in enumerate(devs):
                 try:
@@ -158,6 +160,26 @@ class Testbed:
             requests += json.loads((rd / f"requests-{tag(k)}.json").read_text())["requests"]
             rounds += [json.loads(x) for x in open(rd / f"rounds-{tag(k)}.jsonl")]
         return summarise(protocol, requests, rounds)
+
+    def _watch(self, protocol: str, devs: list, logs: list[Path], total: int, deadline: float) -> None:
+        """Show problems and rounds done (from the round logs) until every device exits."""
+        bar = None
+        if self.progress:
+            from tqdm import tqdm
+
+            bar = tqdm(total=total, unit="problem", desc=protocol, leave=False)
+        try:
+            while any(d.poll() is None for d in devs) and time.monotonic() < deadline:
+                time.sleep(0.5)
+                if bar is not None:
+                    lines = [ln for f in logs if f.exists() for ln in f.read_text().splitlines()]
+                    started = len({json.loads(ln)["request_id"] for ln in lines if ln.strip()})
+                    bar.n = max(0, started - sum(d.poll() is None for d in devs))
+                    bar.set_postfix(rounds=len(lines))
+                    bar.refresh()
+        finally:
+            if bar is not None:
+                bar.close()
 
     def rounds(self, protocol: str | None = None) -> pd.DataFrame:
         """The per-round log (of one protocol, or all) as a DataFrame."""

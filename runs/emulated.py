@@ -36,6 +36,8 @@ class EmulatedSpec:
     cross_traffic_bps: float | None = None
     backhaul_rate_bps: float | None = None
     device_args: list[str] | None = None
+    device_traces: list[Path] | None = None  # one per device (Star); default: ``trace`` for all
+    progress: bool = False
 
 
 def _write(path: Path, obj) -> None:
@@ -55,9 +57,10 @@ def run_emulated(spec: EmulatedSpec, run_dir: Path, on_device_start=None) -> dic
 
     topo = DeviceEdge() if spec.n_devices == 1 and not spec.cross_traffic_bps else Star(
         spec.n_devices, CrossTraffic(spec.cross_traffic_bps) if spec.cross_traffic_bps else None, spec.backhaul_rate_bps)
-    with Testbed(topo, backend=spec.backend, seed=spec.seed, run_dir=run_dir, queue_packets=spec.queue_packets) as tb:
+    with Testbed(topo, backend=spec.backend, seed=spec.seed, run_dir=run_dir, queue_packets=spec.queue_packets,
+                 progress=spec.progress) as tb:
         try:
-            tb.attach_trace(spec.trace)
+            tb.attach_trace(list(spec.device_traces) if spec.device_traces else spec.trace)
             tb.start_edge(spec.drafter, spec.target, spec.lambda_ms)
             for protocol in spec.protocols:
                 out[protocol] = tb.run_protocol(protocol, spec.problems, spec.gamma, spec.split, spec.max_new_tokens,

@@ -71,7 +71,8 @@ def run_experiment(runs: list[RunSpec], out_dir: Path, mode: str = "emulate", pr
                                                 n_devices=top["n_devices"] if top["kind"] == "star" else 1,
                                                 cross_traffic_bps=top.get("cross_traffic_bps"),
                                                 backhaul_rate_bps=top.get("backhaul_rate_bps"),
-                                                device_args=device_args(v)), rd)
+                                                device_args=device_args(v), progress=progress,
+                                                device_traces=_device_traces(run, rd)), rd)
             results.setdefault(run.name, {})[rep] = {k: s.__dict__ for k, s in res.items()}
             if bar:
                 bar.update(1)
@@ -80,6 +81,22 @@ def run_experiment(runs: list[RunSpec], out_dir: Path, mode: str = "emulate", pr
             bar.close()
         collect_tables(out_dir, mode)
     return results
+
+
+def _device_traces(run: RunSpec, out: Path) -> list[Path] | None:
+    """Per-device trace files of a Star run (replay options applied), or None."""
+    files = run.values["device_traces"]
+    if not files:
+        return None
+    from topologies.replayer import ReplayOptions, prepare
+    from traces.format import read_trace, write_trace
+
+    from runs.spec import _resolve
+
+    r = run.values["replay"]
+    return [write_trace(prepare(read_trace(_resolve(f, run.source)), ReplayOptions(r["start_ms"], r["end_ms"], None,
+                                                                                  r["time_scale"])),
+                        out / f"trace-d{k}.parquet") for k, f in enumerate(files)]
 
 
 def device_args(v: dict) -> list[str]:

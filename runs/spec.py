@@ -2,6 +2,7 @@
 
     name: demo
     trace: {file: traces/builtin/pedestrian_3p5ghz_60s.csv}     # or {generate: {preset: pedestrian, ...}}
+    device_traces: null                 # star: one trace file per device (else `trace` for all)
     replay: {start_ms: 0, end_ms: null, time_scale: 1.0}
     link: {backend: auto, queue_packets: 1000}
     protocols: [vanilla, wisv-full, wisv-selective]
@@ -38,6 +39,7 @@ DEFAULTS: dict[str, Any] = {
     "name": "experiment",
     "topology": {"kind": "device-edge", "n_devices": 1, "cross_traffic_bps": None, "backhaul_rate_bps": None},
     "trace": {"file": "traces/builtin/pedestrian_3p5ghz_60s.csv"},
+    "device_traces": None,
     "replay": {"start_ms": 0.0, "end_ms": None, "time_scale": 1.0},
     "link": {"backend": "auto", "queue_packets": 1000},
     "protocols": ["vanilla", "wisv-full", "wisv-selective"],
@@ -59,7 +61,7 @@ _TYPES: dict[str, Any] = {
     "replay.end_ms": (float, type(None)), "replay.time_scale": float, "link.backend": str, "link.queue_packets": int,
     "protocols": list, "gamma": int, "lambda_ms": (float, type(None)), "models.drafter": (str, type(None)),
     "models.target": (str, type(None)), "task.split": str, "task.problems": int, "repetitions": int, "seed": int,
-    "sweep": dict,
+    "sweep": dict, "device_traces": (list, type(None)),
 }
 
 
@@ -146,6 +148,14 @@ def _check(values: dict, source: str) -> None:
     if "file" in t and not _resolve(t["file"], source).exists():
         raise SpecError(f"{source}: trace.file {t['file']!r} not found (looked beside the spec, in the repository "
                         f"and in {Path.cwd()})")
+    dt = values["device_traces"]
+    if dt is not None:
+        n = values["topology"]["n_devices"]
+        if len(dt) != n:
+            raise SpecError(f"{source}: device_traces lists {len(dt)} files for {n} devices")
+        for f in dt:
+            if not isinstance(f, str) or not _resolve(f, source).exists():
+                raise SpecError(f"{source}: device_traces entry {f!r} not found")
     bad = [p for p in values["protocols"] if p not in PROTOCOLS]
     if bad:
         raise SpecError(f"{source}: unknown protocol(s) {bad}; known: {sorted(PROTOCOLS)}")

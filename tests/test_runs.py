@@ -85,7 +85,13 @@ def test_star_experiment_two_devices_with_cross_traffic(tmp_path):
     from runs.experiment import run_experiment
     from runs.spec import load_spec
 
+    other = tmp_path / "slow.csv"
+    from traces.format import write_trace
+    from traces.synthetic import step_trace
+
+    write_trace(step_trace(100.0, 10.0, [2e6], [40.0], [0.0]), other)
     runs = load_spec(None, {"name": "star", "protocols": ["vanilla", "wisv-full"], "task": {"problems": 2},
+                            "device_traces": ["traces/builtin/pedestrian_3p5ghz_60s.csv", str(other)],
                             "topology": {"kind": "star", "n_devices": 2, "cross_traffic_bps": 2e6,
                                          "backhaul_rate_bps": 100e6}})
     res = run_experiment(runs, tmp_path, "emulate", progress=False)
@@ -96,3 +102,4 @@ def test_star_experiment_two_devices_with_cross_traffic(tmp_path):
     rounds = pd.read_parquet(tmp_path / "rounds.parquet")
     assert rounds["device_id"].nunique() == 4  # two device processes per protocol
     assert set(pd.read_parquet(tmp_path / "requests.parquet")["protocol"]) == {"vanilla", "wisv-full"}
+    assert (rounds["csi_rtt_ms"] == 80.0).any() and (rounds["csi_rtt_ms"] < 80.0).any()  # each device its own trace
