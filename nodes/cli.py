@@ -178,7 +178,8 @@ def register_node(sub: argparse._SubParsersAction) -> None:
         else:
             q.add_argument("--connect", required=True)
             q.add_argument("--protocol", default="vanilla",
-                           choices=["ar-edge", "vanilla", "wisv-full", "wisv-selective", "wisv-target", "topk", "typical"])
+                           choices=["ar-edge", "vanilla", "wisv-full", "wisv-selective", "wisv-target", "wisv-adaptive",
+                                    "topk", "typical"])
             q.add_argument("--gamma", type=int, default=4)
             q.add_argument("--temperature", type=float, default=0.0)
             q.add_argument("--hidden-dtype", choices=["f16", "bf16", "f32", "i8"], default="f16")

@@ -70,6 +70,34 @@ class RequestResult:
     error: str = ""
 
 
+@dataclass
+class UploadChooser:
+    """Per-round choice of ``wisv-adaptive`` between full upload and mismatch-first (SPEC §6):
+    full costs γ hidden states on the uplink now; mismatch-first costs, when a mismatch occurs
+    (observed rate, exponentially averaged), one more round trip plus the mismatched rows.
+    Both in ms at the CSI in force; the cheaper wins."""
+
+    bytes_per_row: int
+    alpha: float = 0.2
+    p_mismatch: float = 0.5
+    rows_per_mismatch: float = 1.0
+
+    def choose(self, gamma: int, csi: dict[str, float]) -> str:
+        """``all`` or ``mismatch`` for a round of ``gamma`` draft tokens."""
+        rate_bps = max(csi.get("rate_up_mbps", 10.0), 1e-3) * 1e6
+        full_ms = 8.0 * gamma * self.bytes_per_row / rate_bps * 1000.0
+        sel_ms = self.p_mismatch * (csi.get("rtt_ms", 20.0) + 8.0 * self.rows_per_mismatch * self.bytes_per_row
+                                    / rate_bps * 1000.0)
+        return "all" if full_ms <= sel_ms else "mismatch"
+
+    def observe(self, mismatch: bool, rows: int | None = None) -> None:
+        """Update the statistics with a finished round: whether it had a mismatch, and (when the
+        edge asked for them) how many rows it requested."""
+        self.p_mismatch += self.alpha * (float(mismatch) - self.p_mismatch)
+        if rows:
+            self.rows_per_mismatch += self.alpha * (rows - self.rows_per_mismatch)
+
+
 def matches(sent: Message, reply: Message) -> bool:
     """True when ``reply`` answers ``sent`` (same request and round)."""
     if isinstance(reply, HelloAck) or isinstance(sent, Hello):
@@ -153,6 +181,9 @@ class DeviceClient:
         self.eos = eos_token_id
         self.logger, self.csi = round_logger, csi or (lambda: {})
         self.transport = transport if transport is not None else ZmqTransport(endpoint, config, curve_keys)
+        width = int(drafter.config.hidden_size)
+        row_bytes = {"f16": 2 * width, "bf16": 2 * width, "f32": 4 * width, "i8": width + 4}[config.hidden_dtype]
+        self.chooser = UploadChooser(row_bytes)
 
     def _exchange(self, msg: Message, expect: tuple[type, ...], stats: dict) -> Message:
         return self.transport.exchange(msg, expect, stats)
@@ -208,15 +239,24 @@ class DeviceClient:
             pad_ms = self.cfg.profile.pad(block.draft_ms, len(block.tokens))
             block.draft_ms += pad_ms
             self.transport.compute(block.draft_ms)
-            hidden = block.hidden if self.protocol.hidden_upload == "all" else None
+            upload = self.protocol.hidden_upload
+            if upload == "adaptive":
+                upload = self.chooser.choose(len(block.tokens), csi)
+            hidden = block.hidden if upload == "all" else None
+            stats["upload"] = upload if upload in ("all", "mismatch") else ""
             probs = block.probs if self.cfg.temperature > 0 and self.protocol.name == "vanilla" else None
             reply = self._exchange(Draft(rid, rnd, block.tokens, csi, hidden, probs), (Verdict, HiddenRequest), stats)
             if isinstance(reply, HiddenRequest):
                 if any(not 0 <= p < len(block.tokens) for p in reply.positions):
                     raise EdgeError("bad_request", f"edge asked for positions {reply.positions}")
                 rows = block.hidden[torch.tensor(reply.positions, dtype=torch.long)]
+                self.chooser.observe(True, len(reply.positions))
                 reply = self._exchange(HiddenUpload(rid, rnd, reply.positions, rows), (Verdict,), stats)
+            elif upload == "mismatch":
+                self.chooser.observe(False)
             v: Verdict = reply
+            if upload == "all":  # the verdict says whether this round had a mismatch
+                self.chooser.observe(v.first_mismatch >= 0)
             new = block.tokens[: v.n_accepted] + [v.next_token]
             seq.extend(new)
             out.extend(new)
@@ -250,7 +290,7 @@ class DeviceClient:
                        first, harmless, nxt, stats["up_bytes"], stats["down_bytes"], stats["round_trips"], draft_ms,
                        verify_ms, link_ms, wall_ms, t_wall, self.transport.wall_s(), stats["retries"], dict(csi),
                        stats.get("draft_pad_ms", 0.0), stats.get("verify_pad_ms", 0.0),
-                       stats.get("wire_up_bytes", -1), stats.get("wire_down_bytes", -1))
+                       stats.get("wire_up_bytes", -1), stats.get("wire_down_bytes", -1), stats.get("upload", ""))
         if self.logger is not None:
             self.logger.write(rec)
         return rec

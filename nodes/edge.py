@@ -212,14 +212,16 @@ class EdgeServer:
         if s.policy.needs_drafter_probs and (m.probs is None or tuple(m.probs.shape) != (g, vocab)):
             raise WireError("bad_request", "rejection sampling needs the drafter probabilities [γ, V]")
         protocol = get_protocol(s.hello.protocol)
-        if protocol.hidden_upload == "all" and (m.hidden is None or m.hidden.shape[0] != g):
+        if m.hidden is not None and m.hidden.shape[0] != g:
+            raise WireError("bad_request", "hidden states must have one row per draft token")
+        if protocol.hidden_upload == "all" and m.hidden is None:
             raise WireError("bad_request", f"{protocol.name} uploads the hidden state of every draft token")
         logits, hidden, verify_ms = s.verifier.score(r.seq, list(m.tokens))
         ctx = VerifyContext(torch.tensor(m.tokens), logits, hidden,
                             torch.as_tensor(m.probs) if m.probs is not None else None,
                             torch.as_tensor(m.hidden) if m.hidden is not None else None, m.csi,
                             s.hello.temperature, s.generator)
-        if protocol.hidden_upload == "mismatch":
+        if protocol.hidden_upload == "mismatch" or (protocol.hidden_upload == "adaptive" and m.hidden is None):
             greedy = ctx.target_greedy()[:g]
             mism = (ctx.draft_tokens != greedy).nonzero().flatten().tolist()
             if mism:  # mismatch-first: ask for the hidden states of just these positions

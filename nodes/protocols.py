@@ -7,6 +7,7 @@
 | wisv-full       | token ids + drafter hidden of every token  | match OR head (drafter+target)  |
 | wisv-selective  | token ids; hidden of mismatches on request | same head, fed where needed     |
 | wisv-target     | token ids                                  | head on target features only    |
+| wisv-adaptive   | per round, full or mismatch-first, whichever the CSI makes cheaper (SPEC §6) | same head |
 | topk            | token ids                                  | match OR in the target's top-2 (non-learned) |
 | typical         | token ids                                  | Medusa typical acceptance (non-learned)      |
 """
@@ -23,7 +24,8 @@ DEFAULT_HEADS = Path(__file__).resolve().parent / "pretrained" / "default"
 
 @dataclass(frozen=True)
 class Protocol:
-    """name; hidden_upload: ``none``, ``all`` or ``mismatch`` (on the edge's request);
+    """name; hidden_upload: ``none``, ``all``, ``mismatch`` (on the edge's request) or
+    ``adaptive`` (the device picks ``all`` or ``mismatch`` per round);
     edge_only: the target decodes alone; uses_head: the edge runs a decision head."""
 
     name: str
@@ -38,6 +40,7 @@ PROTOCOLS: dict[str, Protocol] = {p.name: p for p in (
     Protocol("wisv-full", hidden_upload="all", uses_head=True),
     Protocol("wisv-selective", hidden_upload="mismatch", uses_head=True),
     Protocol("wisv-target", uses_head=True),
+    Protocol("wisv-adaptive", hidden_upload="adaptive", uses_head=True),
     Protocol("topk"),
     Protocol("typical"),
 )}

@@ -42,6 +42,7 @@ class RoundLog:
     verify_pad_ms: float = 0.0  # compute-profile padding inside verify_ms
     wire_up_bytes: int = -1     # on-wire (L2) bytes the device's interface sent in the round; -1: not counted
     wire_down_bytes: int = -1   # on-wire (L2) bytes it received
+    upload: str = ""            # hidden states sent: "all", "mismatch" (on request) or "" (none)
 
 
 class RoundLogger:

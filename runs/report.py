@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-PROTOCOL_ORDER = ["vanilla", "ar-edge", "wisv-full", "wisv-selective", "wisv-target", "topk", "typical"]
+PROTOCOL_ORDER = ["vanilla", "ar-edge", "wisv-full", "wisv-selective", "wisv-adaptive", "wisv-target", "topk", "typical"]
 COLUMNS = ["mean_accepted_len", "rounds_per_100_tokens", "latency_ms_mean", "latency_ms_p50", "latency_ms_p95",
            "tokens_per_s", "up_bytes_per_token", "down_bytes_per_token", "wire_up_bytes_per_token", "accuracy"]
 

@@ -76,3 +76,27 @@ def test_simulate_cli(tmp_path):
     assert set(out) == {"vanilla", "wisv-full"}
     assert out["wisv-full"]["up_bytes_per_token"] > out["vanilla"]["up_bytes_per_token"]
     assert (tmp_path / "summary.json").exists() and (tmp_path / "rounds-wisv-full.jsonl").exists()
+
+
+def test_upload_chooser_follows_the_channel():
+    from nodes.device import UploadChooser
+
+    c = UploadChooser(bytes_per_row=4096)  # a 2048-wide fp16 hidden state
+    assert c.choose(8, {"rate_up_mbps": 100.0, "rtt_ms": 40.0}) == "all"      # bytes are cheap, a round is not
+    assert c.choose(8, {"rate_up_mbps": 0.5, "rtt_ms": 10.0}) == "mismatch"   # 32 kB at 0.5 Mbit/s is 0.5 s
+    for _ in range(30):
+        c.observe(False)
+    assert c.p_mismatch < 0.01 and c.choose(8, {"rate_up_mbps": 100.0, "rtt_ms": 40.0}) == "mismatch"
+
+
+def test_wisv_adaptive_switches_with_the_uplink(pair, tmp_path):
+    from nodes.sweep import simulate
+
+    # 1 s of a fast uplink, then 1 s of a 20 kbit/s one, repeating
+    trace = step_trace(1000.0, 10.0, [20e6, 20e3], [15.0], [0.0], seed=0, cycle_delays=True)
+    trace.data["rate_bps_up"] = np.resize([20e6, 20e3], len(trace.data))
+    res = simulate(pair, trace, ["vanilla", "wisv-adaptive"], 6, out_dir=tmp_path)
+    assert res["wisv-adaptive"].failed == 0
+    rounds = [json.loads(x) for x in open(tmp_path / "rounds-wisv-adaptive.jsonl")]
+    assert {r["upload"] for r in rounds} == {"all", "mismatch"}
+    assert res["wisv-adaptive"].mean_accepted_len > res["vanilla"].mean_accepted_len

@@ -108,8 +108,12 @@ def test_replay_10ms_steps_apply_fast_and_logged(support, tmp_path):
         shaper = net.links[0]["up"]
         qdisc = shaper.qdisc_stats()
         last = trace.data.iloc[-1]
-        assert f"rate {int(last['rate_bps_up'] / 1e6)}Mbit" in net.devices[0].cmd(
-            f"tc class show dev {shaper.sender.ifname}")
+        want = f"rate {int(last['rate_bps_up'] / 1e6)}Mbit"
+        deadline = time.monotonic() + 5.0  # the tc batch applies asynchronously
+        while want not in (shown := net.devices[0].cmd(f"tc class show dev {shaper.sender.ifname}")) \
+                and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert want in shown
     assert rep.log.missed == 0
     assert len(rep.log.rows) == len(trace)
     assert float(np.percentile(rep.log.apply_ms(), 99)) < 5.0
@@ -142,7 +146,12 @@ def test_star_with_two_devices_and_cross_traffic(support, tmp_path):
                          run_dir=tmp_path, initial=(5e6, 5.0, 0.0)) as net:
         assert len(net.devices) == 2 and len(net.links) == 2 and net.cross is not None
         net.links[1]["down"].set(7e6, 8.0, 0.0)
-        classes = net.edge.cmd(f"tc class show dev {net.edge.intfList()[0].name}")
+        deadline = time.monotonic() + 5.0  # the tc batch applies asynchronously (well under 1 ms when idle)
+        while True:
+            classes = net.edge.cmd(f"tc class show dev {net.edge.intfList()[0].name}")
+            if "rate 7Mbit" in classes or time.monotonic() > deadline:
+                break
+            time.sleep(0.05)
         assert "rate 7Mbit" in classes and "rate 5Mbit" in classes
         assert all(p.poll() is None for p in net._procs)  # the cross-traffic sender and sink run
         base = net.links[0]["up"].counters()["rx_bytes"]  # the edge's interface sees the cross traffic
