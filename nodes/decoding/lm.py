@@ -35,13 +35,15 @@ class CachedLM:
         self.cache_len = 0
 
     @torch.inference_mode()
-    def forward(self, token_ids: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
-        """Feed ``token_ids`` after the cached prefix; returns (logits [T, V] fp32, hidden [T, H])."""
+    def forward(self, token_ids: list[int], keep: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
+        """Feed ``token_ids`` after the cached prefix; returns (logits [keep, V] fp32, hidden
+        [keep, H]) of the last ``keep`` positions only: the output head (vocabulary-wide) never
+        runs on prefill positions nobody reads."""
         if not token_ids:
             raise ValueError("forward needs at least one token")
         ids = torch.tensor([token_ids], dtype=torch.long, device=self.device)
         out = self._decoder(input_ids=ids, use_cache=True, **{self._cache_arg: self.cache})
-        hidden = out.last_hidden_state[0]
+        hidden = out.last_hidden_state[0, -keep:]
         logits = self._head(hidden).float()
         self.cache_len += len(token_ids)
         return logits, hidden

@@ -61,7 +61,7 @@ class Drafter:
         probs, hidden = [], []
         for _ in range(gamma):
             logits, h = self.lm.forward(feed)
-            row = logits[-1]
+            row = logits[0]
             if self.sampling.greedy:
                 tok = int(row.argmax())
             else:
@@ -69,7 +69,7 @@ class Drafter:
                 tok = int(torch.multinomial(p, 1, generator=self.generator))
                 probs.append(p)
             tokens.append(tok)
-            hidden.append(h[-1])
+            hidden.append(h[0])
             feed = [tok]
             if eos_token_id is not None and tok == eos_token_id:
                 break
@@ -94,9 +94,8 @@ class Verifier:
     def score(self, seq: list[int], draft: list[int]) -> tuple[torch.Tensor, torch.Tensor, float]:
         """(logits [γ+1, V], hidden [γ+1, H], verify_ms) of the draft after committed ``seq``."""
         t0 = time.perf_counter()
-        logits, hidden = self.lm.forward(seq[self.lm.cache_len:] + draft)
-        g = len(draft)
-        return logits[-(g + 1):], hidden[-(g + 1):], (time.perf_counter() - t0) * 1000.0
+        logits, hidden = self.lm.forward(seq[self.lm.cache_len:] + draft, keep=len(draft) + 1)
+        return logits, hidden, (time.perf_counter() - t0) * 1000.0
 
     def commit(self, seq_len: int) -> None:
         """Roll the cache back to the committed ``seq_len - 1`` tokens."""
@@ -184,7 +183,7 @@ def autoregressive_generate(model_or_lm: torch.nn.Module | CachedLM, prompt: lis
     feed = list(prompt)
     while len(out) < max_new_tokens:
         logits, _ = lm.forward(feed)
-        row = logits[-1]
+        row = logits[0]
         if sampling.greedy:
             tok = int(row.argmax())
         else:
