@@ -211,20 +211,18 @@ class EdgeServer:
             raise WireError("bad_request", f"draft must hold 1..{s.hello.gamma} token ids within the vocabulary")
         if s.policy.needs_drafter_probs and (m.probs is None or tuple(m.probs.shape) != (g, vocab)):
             raise WireError("bad_request", "rejection sampling needs the drafter probabilities [γ, V]")
-        protocol = get_protocol(s.hello.protocol)
         if m.hidden is not None and m.hidden.shape[0] != g:
             raise WireError("bad_request", "hidden states must have one row per draft token")
-        if protocol.hidden_upload == "all" and m.hidden is None:
-            raise WireError("bad_request", f"{protocol.name} uploads the hidden state of every draft token")
         logits, hidden, verify_ms = s.verifier.score(r.seq, list(m.tokens))
         ctx = VerifyContext(torch.tensor(m.tokens), logits, hidden,
                             torch.as_tensor(m.probs) if m.probs is not None else None,
                             torch.as_tensor(m.hidden) if m.hidden is not None else None, m.csi,
                             s.hello.temperature, s.generator)
-        if protocol.hidden_upload == "mismatch" or (protocol.hidden_upload == "adaptive" and m.hidden is None):
-            greedy = ctx.target_greedy()[:g]
-            mism = (ctx.draft_tokens != greedy).nonzero().flatten().tolist()
-            if mism:  # mismatch-first: ask for the hidden states of just these positions
+        if s.policy.needs_drafter_hidden and m.hidden is None:
+            # The device chose not to upload (wisv-selective always, wisv-adaptive per round):
+            # mismatch-first, ask for the hidden states of just the mismatched positions.
+            mism = (ctx.draft_tokens != ctx.target_greedy()[:g]).nonzero().flatten().tolist()
+            if mism:
                 r.pending, r.pending_ms = ctx, verify_ms
                 return encode(HiddenRequest(m.request_id, m.round, mism))
         return self._verdict(s, r, ctx, verify_ms)

@@ -24,8 +24,9 @@ DEFAULT_HEADS = Path(__file__).resolve().parent / "pretrained" / "default"
 
 @dataclass(frozen=True)
 class Protocol:
-    """name; hidden_upload: ``none``, ``all``, ``mismatch`` (on the edge's request) or
-    ``adaptive`` (the device picks ``all`` or ``mismatch`` per round);
+    """name; hidden_upload (what the device sends; the edge asks for the mismatched rows of any
+    draft that comes without them when its head needs them): ``none``, ``all``, ``mismatch``
+    or ``adaptive`` (the device picks ``all`` or ``mismatch`` per round);
     edge_only: the target decodes alone; uses_head: the edge runs a decision head."""
 
     name: str
