@@ -26,7 +26,7 @@ import torch  # noqa: E402
 from nodes.models import load_pair  # noqa: E402
 from nodes.sweep import simulate  # noqa: E402
 from traces.format import read_trace  # noqa: E402
-from wisv.demo import DEFAULT_TRACE  # noqa: E402
+from traces.defaults import DEFAULT_TRACE  # noqa: E402
 
 PROTOCOLS = ["vanilla", "wisv-full", "wisv-selective", "wisv-adaptive", "wisv-target", "topk", "typical"]
 PAPER = {"accepted_len_pct": 60.8, "rounds_pct": -37.3, "latency_pct": -31.4, "accuracy_loss_pp": "< 1"}

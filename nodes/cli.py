@@ -206,9 +206,9 @@ def register_node(sub: argparse._SubParsersAction) -> None:
 
 def cmd_simulate(a: argparse.Namespace) -> int:
     from nodes.models import load_pair
-    from nodes.sweep import simulate
+    from nodes.sweep import format_table, simulate
+    from traces.defaults import DEFAULT_TRACE
     from traces.format import read_trace
-    from wisv.demo import DEFAULT_TRACE
 
     pair = load_pair(a.drafter, a.target)
     out = Path(a.output)
@@ -218,11 +218,7 @@ def cmd_simulate(a: argparse.Namespace) -> int:
     if a.json:
         sys.stdout.write(json.dumps({k: v.__dict__ for k, v in res.items()}) + "\n")
         return 0
-    sys.stdout.write(f"{'protocol':>15} {'acc':>6} {'acc.len':>8} {'rounds/100t':>11} {'lat mean ms':>11} "
-                     f"{'p95 ms':>8} {'up B/tok':>9}\n")
-    for k, v in res.items():
-        sys.stdout.write(f"{k:>15} {v.accuracy:6.3f} {v.mean_accepted_len:8.2f} {v.rounds_per_100_tokens:11.1f} "
-                         f"{v.latency_ms_mean:11.1f} {v.latency_ms_p95:8.1f} {v.up_bytes_per_token:9.1f}\n")
+    sys.stdout.write(format_table(res))
     sys.stdout.write(f"per-round logs and summary.json in {out}/\n")
     return 0
 
@@ -264,7 +260,7 @@ def cmd_head_eval(a: argparse.Namespace) -> int:
     from nodes.models import load_pair
     from nodes.sweep import simulate
     from traces.format import read_trace
-    from wisv.demo import DEFAULT_TRACE
+    from traces.defaults import DEFAULT_TRACE
 
     res = simulate(load_pair(), read_trace(a.trace or DEFAULT_TRACE), a.protocols.split(","), a.problems,
                    lambda_ms=a.lambda_ms)

@@ -187,18 +187,3 @@ def round_cost_ms(csi: dict[str, float], decision: dict) -> float:
     loss = float(csi.get("loss_up", 0.0)) + float(csi.get("loss_down", 0.0))
     tx = 8.0 * (decision.get("bytes_up", 200.0) / rate_up + decision.get("bytes_down", 160.0) / rate_down) * 1000.0
     return float(csi.get("rtt_ms", 20.0) + tx + loss * decision.get("rto_ms", 200.0) + decision.get("compute_ms", 5.0))
-
-
-def placeholder_head(target_hidden: int, drafter_hidden: int, with_drafter: bool = True) -> DecisionHead:
-    """A hand-set (not learned) logistic head for protocol plumbing until a trained head ships:
-    it accepts a mismatch when the target gives the draft token probability ≳ 0.35. The hidden
-    inputs are wired with zero weight."""
-    feats = ["p_draft", "p_top", "entropy", "target_hidden"] + (["drafter_hidden"] if with_drafter else [])
-    dims = {"p_draft": 1, "p_top": 1, "entropy": 1, "target_hidden": target_hidden, "drafter_hidden": drafter_hidden}
-    head = DecisionHead(HeadSpec("logistic", feats, {f: dims[f] for f in feats}, 0.5,
-                                 note="placeholder: hand-set weights on p_draft, not trained"))
-    with torch.no_grad():
-        head.net.weight.zero_()
-        head.net.weight[0, 0] = 20.0
-        head.net.bias.fill_(-7.0)
-    return head.eval()

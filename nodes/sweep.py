@@ -42,6 +42,19 @@ class ProtocolSummary:
     down_bytes_per_token: float
 
 
+def format_table(res: dict[str, ProtocolSummary]) -> str:
+    """A fixed-width table of protocol summaries, with the latency change against vanilla."""
+    lines = [f"{'protocol':>15} {'acc':>6} {'acc.len':>8} {'rounds/100t':>11} {'lat mean ms':>11} {'p95 ms':>8} "
+             f"{'tok/s':>7} {'up B/tok':>9} {'Δlat vs vanilla':>15}"]
+    base = res.get("vanilla")
+    for k, v in res.items():
+        d = f"{(v.latency_ms_mean / base.latency_ms_mean - 1) * 100:+.1f} %" if base else "-"
+        lines.append(f"{k:>15} {v.accuracy:6.3f} {v.mean_accepted_len:8.2f} {v.rounds_per_100_tokens:11.1f} "
+                     f"{v.latency_ms_mean:11.1f} {v.latency_ms_p95:8.1f} {v.tokens_per_s:7.1f} "
+                     f"{v.up_bytes_per_token:9.1f} {d:>15}")
+    return "\n".join(lines) + "\n"
+
+
 def summarise(protocol: str, requests: list[dict], rounds: list[dict]) -> ProtocolSummary:
     """Figures of one protocol from per-request records (``ok``, ``correct``, ``n_tokens``,
     ``latency_ms``) and per-round records (``up_bytes``, ``down_bytes``)."""

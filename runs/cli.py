@@ -8,18 +8,6 @@ import sys
 from pathlib import Path
 
 
-def print_table(res: dict, out) -> None:
-    """A fixed-width table of protocol summaries, with the change against vanilla."""
-    out.write(f"{'protocol':>15} {'acc':>6} {'acc.len':>8} {'rounds/100t':>11} {'lat mean ms':>11} {'p95 ms':>8} "
-              f"{'tok/s':>7} {'up B/tok':>9} {'Δlat vs vanilla':>15}\n")
-    base = res.get("vanilla")
-    for k, v in res.items():
-        d = f"{(v.latency_ms_mean / base.latency_ms_mean - 1) * 100:+.1f} %" if base else "-"
-        out.write(f"{k:>15} {v.accuracy:6.3f} {v.mean_accepted_len:8.2f} {v.rounds_per_100_tokens:11.1f} "
-                  f"{v.latency_ms_mean:11.1f} {v.latency_ms_p95:8.1f} {v.tokens_per_s:7.1f} {v.up_bytes_per_token:9.1f} "
-                  f"{d:>15}\n")
-
-
 def spec_overrides(a: argparse.Namespace) -> dict:
     """Command-line overrides of spec keys."""
     o: dict = {}

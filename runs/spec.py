@@ -33,12 +33,13 @@ from typing import Any
 import yaml
 
 from nodes.protocols import PROTOCOLS
+from traces.defaults import DEFAULT_TRACE
 
 REPO = Path(__file__).resolve().parent.parent
 DEFAULTS: dict[str, Any] = {
     "name": "experiment",
     "topology": {"kind": "device-edge", "n_devices": 1, "cross_traffic_bps": None, "backhaul_rate_bps": None},
-    "trace": {"file": "traces/builtin/pedestrian_3p5ghz_60s.csv"},
+    "trace": {"file": str(DEFAULT_TRACE.relative_to(REPO))},
     "device_traces": None,
     "replay": {"start_ms": 0.0, "end_ms": None, "time_scale": 1.0},
     "link": {"backend": "auto", "queue_packets": 1000},

@@ -176,9 +176,9 @@ def test_killed_run_leaves_nothing_after_cleanup(support, tmp_path):
         print(net.tag, flush=True)
         time.sleep(120)
     """)
-    p = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    p = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     tag = p.stdout.readline().strip()
-    assert tag, "the child did not build its network"
+    assert tag, f"the child did not build its network: {p.stderr.read() if p.poll() is not None else '(still running)'}"
     p.send_signal(signal.SIGKILL)
     p.wait()
     from topologies.net import REGISTRY_DIR, cleanup_stale

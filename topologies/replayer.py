@@ -158,10 +158,3 @@ class TraceReplayer:
             self._thread.join(timeout)
         if self.error is not None:
             raise RuntimeError("trace replay failed") from self.error
-
-    def in_force(self, k: int, t_s: float) -> dict:
-        """The row of device ``k``'s trace in force ``t_s`` seconds after the replay start."""
-        t = self.traces[k]
-        period = t.duration_ms
-        rel = (t_s * 1000.0) % period if period else 0.0
-        return self.row(k, t.row_at(rel))

@@ -19,9 +19,9 @@ import os
 import sys
 from pathlib import Path
 
+from traces.defaults import DEFAULT_TRACE
+
 log = logging.getLogger(__name__)
-BUILTIN_DIR = Path(__file__).resolve().parent.parent / "traces" / "builtin"
-DEFAULT_TRACE = BUILTIN_DIR / "pedestrian_3p5ghz_60s.csv"
 
 
 def trace_part(out_dir: Path) -> dict:
