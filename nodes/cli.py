@@ -115,8 +115,8 @@ def cmd_device(a: argparse.Namespace) -> int:
         from traces.format import read_trace
 
         link = AnalyticLink(read_trace(a.trace))
-        start = a.trace_start if a.trace_start is not None else time.monotonic()
-        csi = lambda: link.csi((time.monotonic() - start) * 1000.0)  # noqa: E731 (start may be reset by --wait-go)
+        trace_start = [a.trace_start if a.trace_start is not None else time.monotonic()]  # --wait-go resets it
+        csi = lambda: link.csi((time.monotonic() - trace_start[0]) * 1000.0)  # noqa: E731
     client = DeviceClient(pair.drafter, a.connect, cfg, pair.eos_token_id, logger, csi=csi, curve_keys=curve)
     client.hello()
     if a.wait_go:  # an orchestrator starts the trace now and tells us the monotonic second it started
@@ -124,7 +124,7 @@ def cmd_device(a: argparse.Namespace) -> int:
         sys.stdout.flush()
         go = sys.stdin.readline().split()
         if a.trace and go:
-            start = float(go[0])
+            trace_start[0] = float(go[0])
     decode_fn = lambda t: pair.tokenizer.decode(t, skip_special_tokens=True)  # noqa: E731
     requests, rounds = [], []
     for p in ArithTask().problems(a.split, a.problems, a.start_index):

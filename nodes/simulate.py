@@ -40,14 +40,11 @@ class AnalyticLink:
 
     def __post_init__(self) -> None:
         self.rng = np.random.default_rng(self.seed)
-        d = self.trace.data
-        self._t = d["t_ms"].to_numpy(dtype=float) - float(d["t_ms"].iloc[0])
-        self._cols = {c: d[c].to_numpy(dtype=float) for c in d.columns}
+        self._cols = {c: self.trace.data[c].to_numpy(dtype=float) for c in self.trace.data.columns}
 
     def row(self, t_ms: float) -> dict[str, float]:
-        """The trace row in force at virtual time ``t_ms``."""
-        period = self.trace.duration_ms
-        i = max(0, int(np.searchsorted(self._t, t_ms % period, side="right")) - 1)
+        """The trace row in force at virtual time ``t_ms`` (the trace loops)."""
+        i = self.trace.row_at(t_ms % self.trace.duration_ms)
         return {c: float(v[i]) for c, v in self._cols.items()}
 
     def transfer_ms(self, t_ms: float, nbytes: int, direction: str, expected: bool = False) -> float:

@@ -168,15 +168,28 @@ class Testbed:
             from tqdm import tqdm
 
             bar = tqdm(total=total, unit="problem", desc=protocol, leave=False)
+        offsets = [0] * len(logs)  # read only what each log gained since the last look
+        requests: set[str] = set()
+        n_rounds = 0
         try:
             while any(d.poll() is None for d in devs) and time.monotonic() < deadline:
                 time.sleep(0.5)
-                if bar is not None:
-                    lines = [ln for f in logs if f.exists() for ln in f.read_text().splitlines()]
-                    started = len({json.loads(ln)["request_id"] for ln in lines if ln.strip()})
-                    bar.n = max(0, started - sum(d.poll() is None for d in devs))
-                    bar.set_postfix(rounds=len(lines))
-                    bar.refresh()
+                if bar is None:
+                    continue
+                for i, f in enumerate(logs):
+                    if not f.exists():
+                        continue
+                    with open(f) as fh:
+                        fh.seek(offsets[i])
+                        chunk = fh.read()
+                    complete = chunk[: chunk.rfind("\n") + 1]
+                    offsets[i] += len(complete.encode())
+                    for ln in complete.splitlines():
+                        requests.add(json.loads(ln)["request_id"])
+                        n_rounds += 1
+                bar.n = max(0, len(requests) - sum(d.poll() is None for d in devs))
+                bar.set_postfix(rounds=n_rounds)
+                bar.refresh()
         finally:
             if bar is not None:
                 bar.close()

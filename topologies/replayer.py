@@ -86,6 +86,13 @@ class TraceReplayer:
                 events.append((tm - t0, k, i))
         events.sort()
         self._events = events
+        # For each event, the index of the same device's next event (len(events) if none).
+        self._next_same = [len(events)] * len(events)
+        last: dict[int, int] = {}
+        for j in range(len(events) - 1, -1, -1):
+            k = events[j][1]
+            self._next_same[j] = last.get(k, len(events))
+            last[k] = j
         self._cols = [{c: t.data[c].to_numpy(dtype=float) for c in t.data.columns} for t in self.traces]
 
     @property
@@ -124,13 +131,8 @@ class TraceReplayer:
                     if self._stop.wait(due - now):
                         break
                 # Skip this device's step if its next step is already due (missed, never applied late).
-                nxt = j + 1
-                late = False
-                while nxt < n and ev[nxt][1] != k:
-                    nxt += 1
+                nxt = self._next_same[j]
                 if nxt < n and self.start_time + ev[nxt][0] / 1000.0 <= time.monotonic():
-                    late = True
-                if late:
                     self.log.missed += 1
                 else:
                     self.apply(k, i)

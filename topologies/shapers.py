@@ -10,7 +10,6 @@ import json
 import logging
 import subprocess
 import sys
-import time
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from pathlib import Path
@@ -103,9 +102,18 @@ class LinkShaper(ABC):
     def setup(self, rate_bps: float, delay_ms: float, loss: float) -> None:
         """Install the shaping with initial values."""
 
-    @abstractmethod
     def set(self, rate_bps: float, delay_ms: float, loss: float) -> None:
-        """Change rate (bit/s), one-way delay (ms) and loss (0–1) in place."""
+        """Change rate (bit/s), one-way delay (ms) and loss (0–1) in place; only what changed
+        is sent (the rate as an in-place HTB class change through the tc batch)."""
+        if rate_bps != self.state[0]:
+            self.batch.send(f"class change dev {self.sender.ifname} parent 1: classid {self.classid} {htb_words(rate_bps)}")
+        if (delay_ms, loss) != self.state[1:]:
+            self._set_delay_loss(delay_ms, loss)
+        self.state = (rate_bps, delay_ms, loss)
+
+    @abstractmethod
+    def _set_delay_loss(self, delay_ms: float, loss: float) -> None:
+        """Change the one-way delay (ms) and loss (0–1) in place."""
 
     def counters(self) -> dict:
         """Sender tx and receiver rx interface counters (L2 bytes/packets)."""
@@ -138,13 +146,9 @@ class NetemShaper(LinkShaper):
         self._htb_setup(rate_bps, self._netem(delay_ms, loss))
         self.state = (rate_bps, delay_ms, loss)
 
-    def set(self, rate_bps, delay_ms, loss):
-        dev = self.sender.ifname
-        if rate_bps != self.state[0]:
-            self.batch.send(f"class change dev {dev} parent 1: classid {self.classid} {htb_words(rate_bps)}")
-        if (delay_ms, loss) != self.state[1:]:
-            self.batch.send(f"qdisc change dev {dev} parent {self.classid} handle {self.leaf} {self._netem(delay_ms, loss)}")
-        self.state = (rate_bps, delay_ms, loss)
+    def _set_delay_loss(self, delay_ms, loss):
+        self.batch.send(f"qdisc change dev {self.sender.ifname} parent {self.classid} handle {self.leaf} "
+                        f"{self._netem(delay_ms, loss)}")
 
 
 class NfqueueShaper(LinkShaper):
@@ -178,27 +182,20 @@ class NfqueueShaper(LinkShaper):
         host_cmd(self.receiver.host, f"iptables -t mangle -A {self._rule}")
         self.state = (rate_bps, delay_ms, loss)
 
-    def set(self, rate_bps, delay_ms, loss):
-        if rate_bps != self.state[0]:
-            self.batch.send(f"class change dev {self.sender.ifname} parent 1: classid {self.classid} {htb_words(rate_bps)}")
-        if (delay_ms, loss) != self.state[1:]:
-            if self.proc is None or self.proc.poll() is not None:
-                raise RuntimeError(f"delay element on {self.receiver.host.name} died")
-            self.proc.stdin.write(f"{delay_ms:.4f} {loss:.6f}\n".encode())
-            self.proc.stdin.flush()
-        self.state = (rate_bps, delay_ms, loss)
+    def _set_delay_loss(self, delay_ms, loss):
+        if self.proc is None or self.proc.poll() is not None:
+            raise RuntimeError(f"delay element on {self.receiver.host.name} died")
+        self.proc.stdin.write(f"{delay_ms:.4f} {loss:.6f}\n".encode())
+        self.proc.stdin.flush()
 
-    def element_stats(self, timeout_s: float = 2.0) -> dict:
-        """The delay element's counters (seen, dropped, released, …)."""
+    def element_stats(self) -> dict:
+        """The delay element's counters (seen, dropped, released, …); {} if it is gone."""
         if self.proc is None or self.proc.poll() is not None:
             return {}
         self.proc.stdin.write(b"stats\n")
         self.proc.stdin.flush()
-        deadline = time.monotonic() + timeout_s
         line = self.proc.stdout.readline()
-        if time.monotonic() > deadline:
-            return {}
-        return json.loads(line)
+        return json.loads(line) if line else {}
 
     def teardown(self):
         if self._rule:

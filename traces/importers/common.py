@@ -60,17 +60,15 @@ class ImportOptions:
         """The options that shaped an import, for the trace metadata."""
         return {k: v for k, v in self.__dict__.items() if v not in (None, {}, [])}
 
+    def link_mapping(self):
+        """The CSI → link mapping these options choose."""
+        return make_mapping(self.mapping, bandwidth_hz=self.bandwidth_hz, overhead=self.overhead,
+                            base_delay_ms=self.delay_ms)
+
     def csi_link(self, snr_db: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         """(rate bit/s, delay ms, loss, cqi) from an SNR series in dB through the chosen mapping."""
-        m = make_mapping(self.mapping, bandwidth_hz=self.bandwidth_hz, overhead=self.overhead,
-                         base_delay_ms=self.delay_ms)
-        link = m.map(snr_db)
+        link = self.link_mapping().map(snr_db)
         return link.rate_bps, link.delay_ms, link.loss, link.cqi
-
-    def mapping_meta(self) -> dict[str, Any]:
-        """Description of the mapping in force, for metadata."""
-        return make_mapping(self.mapping, bandwidth_hz=self.bandwidth_hz, overhead=self.overhead,
-                            base_delay_ms=self.delay_ms).describe()
 
 
 def fill_direction(cols: dict[str, Any], have: str, opts: ImportOptions) -> str:

@@ -50,5 +50,5 @@ def import_gnettrack(path: str | Path, opts: ImportOptions) -> Trace:
             rate, delay, loss, cqi = opts.csi_link(cols[f"snr_db_{d}"])
             cols[f"rate_bps_{d}"], cols[f"delay_ms_{d}"], cols[f"loss_{d}"] = rate, delay, loss
             cols[f"cqi_{d}"] = cqi
-        meta["mapping"] = opts.mapping_meta()
+        meta["mapping"] = opts.link_mapping().describe()
     return finish(cols, meta, opts)
