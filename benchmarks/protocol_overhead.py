@@ -65,7 +65,8 @@ def overhead(rounds: int) -> dict:
 
 
 def uplink_bytes(problems: int) -> dict:
-    from nodes.device import DeviceClient, DeviceConfig
+    from nodes.config import RunConfig
+    from nodes.device import DeviceClient
     from nodes.evaluate import encode_prompt
     from nodes.models import load_pair
     from nodes.tasks import ArithTask
@@ -77,7 +78,7 @@ def uplink_bytes(problems: int) -> dict:
     out = {}
     try:
         for protocol in ("ar-edge", "vanilla", "wisv-full", "wisv-selective", "wisv-target"):
-            c = DeviceClient(pair.drafter, endpoint, DeviceConfig(protocol=protocol, gamma=8), pair.eos_token_id)
+            c = DeviceClient.connect(pair.drafter, endpoint, RunConfig(protocol=protocol, gamma=8), pair.eos_token_id)
             c.hello()
             rounds = []
             for p in ArithTask().problems("test", problems):

@@ -23,8 +23,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import torch  # noqa: E402
 
+from channel_models.csi import CSI  # noqa: E402
+from nodes.config import RunConfig, TaskConfig  # noqa: E402
 from nodes.models import load_pair  # noqa: E402
-from nodes.sweep import simulate  # noqa: E402
+from runs.simulate import simulate  # noqa: E402
 from traces.format import read_trace  # noqa: E402
 from traces.defaults import DEFAULT_TRACE  # noqa: E402
 
@@ -37,10 +39,10 @@ def head_cost_ms(pair) -> dict:
     from nodes.decoding import Drafter, Verifier, VerifyContext
     from nodes.evaluate import encode_prompt
     from nodes.head import DecisionHead
-    from nodes.protocols import PROTOCOLS as P, default_head_path
+    from nodes.protocols import head_file
     from nodes.tasks import ArithTask
 
-    head = DecisionHead.load(default_head_path(P["wisv-full"]))
+    head = DecisionHead.load(head_file(None, "full"))
     d, v = Drafter(pair.drafter), Verifier(pair.target)
     ids = encode_prompt(pair, ArithTask().problem("test", 0))
     block = d.draft(ids, 4)
@@ -50,7 +52,7 @@ def head_cost_ms(pair) -> dict:
         logits, hidden, ms = v.score(ids, block.tokens)
         t_fwd.append(ms)
         ctx = VerifyContext(torch.tensor(block.tokens), logits, hidden, None, block.hidden,
-                            {"snr_db": 10.0, "rate_up_mbps": 20.0, "rate_down_mbps": 50.0, "rtt_ms": 20.0})
+                            CSI(20.0, 50.0, 10.0, 10.0, snr_db=10.0))
         t0 = time.perf_counter()
         with torch.inference_mode():
             head(head.features(ctx, torch.arange(4)))
@@ -63,24 +65,17 @@ def head_cost_ms(pair) -> dict:
 def lambda_curve(pair, mined: Path, problems: int, lambdas: list[float]) -> list[dict]:
     """Accuracy and latency of wisv-full with heads trained at each λ (ms)."""
     from nodes.head_train import train_heads
-    from nodes.protocols import PROTOCOLS as P
-    import nodes.protocols as protocols
 
     curve = []
-    orig = protocols.DEFAULT_HEADS
-    try:
-        for lam in lambdas:
-            d = Path(tempfile.mkdtemp(prefix="wisv-heads-"))
-            train_heads(mined, d, lam)
-            protocols.DEFAULT_HEADS = d
-            r = simulate(pair, read_trace(DEFAULT_TRACE), ["wisv-full"], problems)["wisv-full"]
-            curve.append({"lambda_ms": lam, "accuracy": r.accuracy, "latency_s": r.latency_ms_mean / 1000.0,
-                          "mean_accepted_len": r.mean_accepted_len})
-            print(f"λ = {lam:6g} ms: accuracy {r.accuracy:.3f}, latency {r.latency_ms_mean:.1f} ms, "
-                  f"accepted length {r.mean_accepted_len:.2f}")
-    finally:
-        protocols.DEFAULT_HEADS = orig
-    assert P  # the registry itself is unchanged
+    for lam in lambdas:
+        d = Path(tempfile.mkdtemp(prefix="wisv-heads-"))
+        train_heads(mined, d, lam)
+        cfg = RunConfig(head_dir=str(d), task=TaskConfig(problems=problems))
+        r = simulate(pair, read_trace(DEFAULT_TRACE), cfg, ["wisv-full"])["wisv-full"]
+        curve.append({"lambda_ms": lam, "accuracy": r.accuracy, "latency_s": r.latency_ms_mean / 1000.0,
+                      "mean_accepted_len": r.mean_accepted_len})
+        print(f"λ = {lam:6g} ms: accuracy {r.accuracy:.3f}, latency {r.latency_ms_mean:.1f} ms, "
+              f"accepted length {r.mean_accepted_len:.2f}")
     return curve
 
 
@@ -91,7 +86,7 @@ def main() -> None:
     ap.add_argument("--lambdas", default="100,300,1000,3000")
     a = ap.parse_args()
     pair = load_pair()
-    res = simulate(pair, read_trace(DEFAULT_TRACE), PROTOCOLS, a.problems)
+    res = simulate(pair, read_trace(DEFAULT_TRACE), RunConfig(task=TaskConfig(problems=a.problems)), PROTOCOLS)
     base = res["vanilla"]
     out = {}
     for k, v in res.items():

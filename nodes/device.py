@@ -3,27 +3,31 @@
 Every exchange has a timeout and a bounded number of retries (the edge answers a duplicate
 with its previous reply), so a deep fade delays a round but never hangs a run: after the last
 retry the request fails with :class:`ExchangeTimeout`. Each finished round is appended to the
-round log at once.
+round log at once. What the device uploads each round is its protocol's business
+(:meth:`nodes.protocols.Protocol.round_upload`); how messages travel is its transport's
+(ZeroMQ here, the simulator's analytic link in :mod:`runs.simulate`).
 """
 from __future__ import annotations
 
 import logging
 import time
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Callable
 
 import torch
 import zmq
 
+from channel_models.csi import CSI, round_trip_ms, serialisation_ms
+from nodes.config import RunConfig, TaskConfig
 from nodes.decoding import Drafter, SamplingConfig
-from nodes.profiles import ComputeProfile
-from nodes.protocols import get_protocol
+from nodes.protocols import PROTOCOLS
 from nodes.telemetry import RoundLog, RoundLogger
 from nodes.wire import (Bye, Draft, Error, Hello, HelloAck, HiddenRequest, HiddenUpload, Message, Result, Start,
-                        Verdict, decode, encode, encoded_size)
+                        StartAck, Verdict, array_nbytes, decode, encode, encoded_size)
 
 log = logging.getLogger(__name__)
+REQUEST_HEADER_BYTES = 60  # a hidden_request or verdict header without arrays, about
 
 
 class ExchangeTimeout(RuntimeError):
@@ -39,28 +43,8 @@ class EdgeError(RuntimeError):
 
 
 @dataclass
-class DeviceConfig:
-    """protocol, gamma (draft length), temperature (0 = greedy), hidden_dtype on the wire,
-    timeout_ms per attempt, retries after the first attempt."""
-
-    protocol: str = "vanilla"
-    gamma: int = 4
-    temperature: float = 0.0
-    hidden_dtype: str = "f16"
-    timeout_ms: int = 5000
-    retries: int = 3
-    device_id: str = field(default_factory=lambda: f"dev-{uuid.uuid4().hex[:6]}")
-    token: str = ""
-    seed: int = 0
-    run_id: str = ""
-    max_message_bytes: int = 8 << 20
-    profile: ComputeProfile = field(default_factory=ComputeProfile)
-    count_iface: str | None = None  # interface whose L2 counters give each round's on-wire bytes
-
-
-@dataclass
 class RequestResult:
-    """Output tokens (prompt excluded) and per-round logs of one request."""
+    """Output tokens (prompt excluded) and per-round logs of one request; latency in ms."""
 
     request_id: str
     tokens: list[int]
@@ -69,25 +53,30 @@ class RequestResult:
     ok: bool = True
     error: str = ""
 
+    def record(self, correct: bool) -> dict:
+        """The per-request record of the ``requests`` table (README: output schema)."""
+        return {"request_id": self.request_id, "ok": self.ok, "error": self.error, "correct": bool(self.ok and correct),
+                "n_tokens": len(self.tokens), "latency_ms": self.latency_ms, "rounds": len(self.rounds)}
+
 
 @dataclass
 class UploadChooser:
-    """Per-round choice of ``wisv-adaptive`` between full upload and mismatch-first (SPEC §6):
-    full costs γ hidden states on the uplink now; mismatch-first costs, when a mismatch occurs
-    (observed rate, exponentially averaged), one more round trip plus the mismatched rows.
-    Both in ms at the CSI in force; the cheaper wins."""
+    """Per-round choice of ``wisv-adaptive`` between full upload and mismatch-first (SPEC §6),
+    both priced in ms by the one link model (:mod:`channel_models.csi`) at the CSI in force:
+    full costs the serialisation of γ hidden rows on the uplink now; mismatch-first costs, when
+    a mismatch occurs (observed rate, exponentially averaged), one more exchange carrying the
+    mismatched rows. The cheaper wins."""
 
     bytes_per_row: int
     alpha: float = 0.2
     p_mismatch: float = 0.5
     rows_per_mismatch: float = 1.0
 
-    def choose(self, gamma: int, csi: dict[str, float]) -> str:
+    def choose(self, gamma: int, csi: CSI) -> str:
         """``all`` or ``mismatch`` for a round of ``gamma`` draft tokens."""
-        rate_bps = max(csi.get("rate_up_mbps", 10.0), 1e-3) * 1e6
-        full_ms = 8.0 * gamma * self.bytes_per_row / rate_bps * 1000.0
-        sel_ms = self.p_mismatch * (csi.get("rtt_ms", 20.0) + 8.0 * self.rows_per_mismatch * self.bytes_per_row
-                                    / rate_bps * 1000.0)
+        full_ms = serialisation_ms(csi, gamma * self.bytes_per_row, "up")
+        sel_ms = self.p_mismatch * round_trip_ms(csi, REQUEST_HEADER_BYTES + self.rows_per_mismatch * self.bytes_per_row,
+                                                 REQUEST_HEADER_BYTES)
         return "all" if full_ms <= sel_ms else "mismatch"
 
     def observe(self, mismatch: bool, rows: int | None = None) -> None:
@@ -109,14 +98,15 @@ def matches(sent: Message, reply: Message) -> bool:
 
 class ZmqTransport:
     """Real exchanges over a ZeroMQ DEALER with per-attempt timeouts and bounded retries; the
-    clock is the real one."""
+    clock is the real one and compute padding is slept."""
 
-    def __init__(self, endpoint: str, cfg: DeviceConfig, curve_keys: tuple | None = None):
-        self.cfg = cfg
+    def __init__(self, endpoint: str, cfg: RunConfig, curve_keys: tuple | None = None,
+                 max_message_bytes: int = 8 << 20):
+        self.cfg, self.max_message_bytes = cfg, max_message_bytes
         self.sock = zmq.Context.instance().socket(zmq.DEALER)
         self.sock.setsockopt(zmq.LINGER, 0)
-        self.sock.setsockopt(zmq.MAXMSGSIZE, cfg.max_message_bytes)
-        self.sock.setsockopt(zmq.IDENTITY, cfg.device_id.encode())
+        self.sock.setsockopt(zmq.MAXMSGSIZE, max_message_bytes)
+        self.sock.setsockopt(zmq.IDENTITY, f"{cfg.device_id}-{uuid.uuid4().hex[:6]}".encode())
         if curve_keys is not None:  # (server public, client public, client secret)
             self.sock.curve_serverkey, self.sock.curve_publickey, self.sock.curve_secretkey = curve_keys
         self.sock.connect(endpoint)
@@ -129,8 +119,12 @@ class ZmqTransport:
         """Wall-clock time (epoch s) for the logs."""
         return time.time()
 
-    def compute(self, ms: float) -> None:
-        """Real compute already took its time."""
+    def compute(self, measured_ms: float, pad_ms: float) -> None:
+        """Real compute already took ``measured_ms``; sleep the profile's padding."""
+        if pad_ms > 0:
+            from nodes.profiles import sleep_ms
+
+            sleep_ms(pad_ms)
 
     def exchange(self, msg: Message, expect: tuple[type, ...], stats: dict) -> Message:
         """Send ``msg`` and return the matching reply, retrying after each timeout."""
@@ -146,7 +140,7 @@ class ZmqTransport:
                     break
                 reply_frames = self.sock.recv_multipart()
                 stats["down_bytes"] += encoded_size(reply_frames)
-                reply = decode(reply_frames, self.cfg.max_message_bytes)
+                reply = decode(reply_frames, self.max_message_bytes)
                 if isinstance(reply, Error):
                     raise EdgeError(reply.code, reply.message)
                 if isinstance(reply, expect) and matches(msg, reply):
@@ -168,31 +162,34 @@ class ZmqTransport:
 
 
 class DeviceClient:
-    """Runs requests with one protocol against an edge, through a transport (ZeroMQ by
-    default; the simulator passes one with an analytic link and a virtual clock)."""
+    """Runs requests with the protocol of ``cfg`` against an edge, through a transport (ZeroMQ by
+    default; the simulator passes one with an analytic link and a virtual clock). ``csi`` gives
+    the channel report in force; ``wire_counter`` (tx, rx) L2 bytes of the device's interface."""
 
-    def __init__(self, drafter: torch.nn.Module, endpoint: str | None, config: DeviceConfig = DeviceConfig(),
-                 eos_token_id: int | None = None, round_logger: RoundLogger | None = None,
-                 csi: Callable[[], dict[str, float]] | None = None, curve_keys: tuple | None = None,
-                 transport=None):
-        self.cfg = config
-        self.protocol = get_protocol(config.protocol)
-        self.drafter = Drafter(drafter, SamplingConfig(config.temperature, config.seed))
-        self.eos = eos_token_id
-        self.logger, self.csi = round_logger, csi or (lambda: {})
-        self.transport = transport if transport is not None else ZmqTransport(endpoint, config, curve_keys)
-        width = int(drafter.config.hidden_size)
-        row_bytes = {"f16": 2 * width, "bf16": 2 * width, "f32": 4 * width, "i8": width + 4}[config.hidden_dtype]
-        self.chooser = UploadChooser(row_bytes)
+    def __init__(self, drafter: torch.nn.Module, cfg: RunConfig, eos_token_id: int | None, transport, *,
+                 round_logger: RoundLogger | None = None, csi: Callable[[], CSI] | None = None,
+                 token: str = "", wire_counter: Callable[[], tuple[int, int]] | None = None):
+        self.cfg = cfg
+        self.protocol = PROTOCOLS.get(cfg.protocol)
+        self.protocol.check_temperature(cfg.temperature)
+        self.drafter = Drafter(drafter, SamplingConfig(cfg.temperature, cfg.seed))
+        self.eos, self.token = eos_token_id, token
+        self.logger, self.csi = round_logger, csi or CSI
+        self.transport, self.wire_counter = transport, wire_counter
+        self.chooser = UploadChooser(array_nbytes((1, int(drafter.config.hidden_size)), cfg.hidden_dtype))
 
-    def _exchange(self, msg: Message, expect: tuple[type, ...], stats: dict) -> Message:
-        return self.transport.exchange(msg, expect, stats)
+    @classmethod
+    def connect(cls, drafter: torch.nn.Module, endpoint: str, cfg: RunConfig, eos_token_id: int | None, *,
+                curve_keys: tuple | None = None, **kw) -> "DeviceClient":
+        """A client whose transport is a ZeroMQ DEALER connected to ``endpoint`` (keyword
+        arguments as for the constructor)."""
+        return cls(drafter, cfg, eos_token_id, ZmqTransport(endpoint, cfg, curve_keys), **kw)
 
     def hello(self) -> HelloAck:
         """Open the session."""
-        stats = _stats()
-        return self._exchange(Hello(self.cfg.device_id, self.protocol.name, self.cfg.gamma, self.cfg.temperature,
-                                    self.cfg.hidden_dtype, self.cfg.token, self.cfg.seed), (HelloAck,), stats)
+        c = self.cfg
+        return self.transport.exchange(Hello(c.device_id, c.protocol, c.gamma, c.temperature, c.hidden_dtype, self.token,
+                                             c.seed), (HelloAck,), _stats())
 
     def close(self) -> None:
         """Say bye and close the socket."""
@@ -211,19 +208,22 @@ class DeviceClient:
         out: list[int] = []
         try:
             if self.protocol.edge_only:
-                stats = _stats()
-                t_wall = self.transport.wall_s()
-                res: Result = self._exchange(Start(rid, list(prompt), max_new_tokens), (Result,), stats)
-                out = list(res.tokens)
-                wall = self.transport.now_ms() - t0
-                rounds.append(self._log(rid, 0, len(out), 0, 0, -1, 0, out[-1] if out else -1, stats, 0.0, res.verify_ms,
-                                        0.0, wall, t_wall, {}))
+                out = self._edge_alone(rid, list(prompt), max_new_tokens, rounds)
             else:
-                self._exchange(Start(rid, list(prompt), max_new_tokens), (Verdict,), _stats())
+                self.transport.exchange(Start(rid, list(prompt), max_new_tokens), (StartAck,), _stats())
                 out = self._speculate(rid, list(prompt), max_new_tokens, rounds)
         except (ExchangeTimeout, EdgeError) as e:
             return RequestResult(rid, out, rounds, self.transport.now_ms() - t0, ok=False, error=str(e))
         return RequestResult(rid, out, rounds, self.transport.now_ms() - t0)
+
+    def _edge_alone(self, rid: str, prompt: list[int], max_new_tokens: int, rounds: list[RoundLog]) -> list[int]:
+        stats, t0, t_wall, csi = _stats(), self.transport.now_ms(), self.transport.wall_s(), self.csi()
+        res: Result = self.transport.exchange(Start(rid, prompt, max_new_tokens), (Result,), stats)
+        out = list(res.tokens)
+        wall = self.transport.now_ms() - t0
+        rounds.append(self._log(rid, 0, len(out), 0, 0, -1, 0, out[-1] if out else -1, stats, 0.0, res.verify_ms,
+                                wall - res.verify_ms, wall, t_wall, csi))
+        return out
 
     def _speculate(self, rid: str, seq: list[int], max_new_tokens: int, rounds: list[RoundLog]) -> list[int]:
         self.drafter.reset()
@@ -231,27 +231,25 @@ class DeviceClient:
         rnd = 0
         while True:
             stats = _stats()
-            wire0 = self._wire()
+            wire0 = self.wire_counter() if self.wire_counter else None
             t_wall, t0 = self.transport.wall_s(), self.transport.now_ms()
             csi = self.csi()
-            g = min(self.cfg.gamma, max_new_tokens - len(out))
-            block = self.drafter.draft(seq, g, self.eos)
-            pad_ms = self.cfg.profile.pad(block.draft_ms, len(block.tokens))
+            block = self.drafter.draft(seq, min(self.cfg.gamma, max_new_tokens - len(out)), self.eos)
+            pad_ms = self.cfg.compute.device.pad_ms(block.draft_ms, len(block.tokens))
+            self.transport.compute(block.draft_ms, pad_ms)
             block.draft_ms += pad_ms
-            self.transport.compute(block.draft_ms)
-            upload = self.protocol.hidden_upload
-            if upload == "adaptive":
-                upload = self.chooser.choose(len(block.tokens), csi)
+            upload = self.protocol.round_upload(self.chooser.choose, len(block.tokens), csi)
+            stats["upload"] = upload if upload != "none" else ""
+            probs = block.probs if self.protocol.sends_probs(self.cfg.temperature) else None
             hidden = block.hidden if upload == "all" else None
-            stats["upload"] = upload if upload in ("all", "mismatch") else ""
-            probs = block.probs if self.cfg.temperature > 0 and self.protocol.name == "vanilla" else None
-            reply = self._exchange(Draft(rid, rnd, block.tokens, csi, hidden, probs), (Verdict, HiddenRequest), stats)
+            reply = self.transport.exchange(Draft(rid, rnd, block.tokens, csi.to_wire(), hidden, probs),
+                                            (Verdict, HiddenRequest), stats)
             if isinstance(reply, HiddenRequest):
                 if any(not 0 <= p < len(block.tokens) for p in reply.positions):
                     raise EdgeError("bad_request", f"edge asked for positions {reply.positions}")
                 rows = block.hidden[torch.tensor(reply.positions, dtype=torch.long)]
                 self.chooser.observe(True, len(reply.positions))
-                reply = self._exchange(HiddenUpload(rid, rnd, reply.positions, rows), (Verdict,), stats)
+                reply = self.transport.exchange(HiddenUpload(rid, rnd, reply.positions, rows), (Verdict,), stats)
             elif upload == "mismatch":
                 self.chooser.observe(False)
             v: Verdict = reply
@@ -262,33 +260,24 @@ class DeviceClient:
             out.extend(new)
             self.drafter.commit(len(seq))
             wall = self.transport.now_ms() - t0
-            link = max(0.0, wall - block.draft_ms - v.verify_ms)
             stats["draft_pad_ms"], stats["verify_pad_ms"] = pad_ms, v.pad_ms
             if wire0 is not None:
-                wire1 = self._wire()
+                wire1 = self.wire_counter()
                 stats["wire_up_bytes"], stats["wire_down_bytes"] = wire1[0] - wire0[0], wire1[1] - wire0[1]
             rounds.append(self._log(rid, rnd, len(block.tokens), v.n_accepted, v.n_exact, v.first_mismatch,
-                                    v.n_harmless, v.next_token, stats, block.draft_ms, v.verify_ms, link, wall, t_wall, csi))
+                                    v.n_harmless, v.next_token, stats, block.draft_ms, v.verify_ms,
+                                    max(0.0, wall - block.draft_ms - v.verify_ms), wall, t_wall, csi))
             rnd += 1
             if v.done:
                 if self.eos is not None and self.eos in out:
                     del out[out.index(self.eos) + 1:]
                 return out[:max_new_tokens]
 
-    def _wire(self) -> tuple[int, int] | None:
-        """(tx, rx) L2 bytes of the counted interface in this process's namespace, or None."""
-        if not self.cfg.count_iface:
-            return None
-        from topologies.counters import read_counters
-
-        c = read_counters("self", self.cfg.count_iface)
-        return c.tx_bytes, c.rx_bytes
-
     def _log(self, rid, rnd, drafted, accepted, exact, first, harmless, nxt, stats, draft_ms, verify_ms, link_ms,
-             wall_ms, t_wall, csi) -> RoundLog:
+             wall_ms, t_wall, csi: CSI) -> RoundLog:
         rec = RoundLog(self.cfg.run_id, self.protocol.name, self.cfg.device_id, rid, rnd, drafted, accepted, exact,
                        first, harmless, nxt, stats["up_bytes"], stats["down_bytes"], stats["round_trips"], draft_ms,
-                       verify_ms, link_ms, wall_ms, t_wall, self.transport.wall_s(), stats["retries"], dict(csi),
+                       verify_ms, link_ms, wall_ms, t_wall, self.transport.wall_s(), stats["retries"], csi,
                        stats.get("draft_pad_ms", 0.0), stats.get("verify_pad_ms", 0.0),
                        stats.get("wire_up_bytes", -1), stats.get("wire_down_bytes", -1), stats.get("upload", ""))
         if self.logger is not None:
@@ -298,3 +287,17 @@ class DeviceClient:
 
 def _stats() -> dict:
     return {"up_bytes": 0, "down_bytes": 0, "round_trips": 0, "retries": 0}
+
+
+def run_problems(client: DeviceClient, pair, task: TaskConfig) -> tuple[list[dict], list[RequestResult]]:
+    """Run the task's problems through ``client`` one after another; returns the per-request
+    records (scored against each problem's answer) and the results."""
+    from nodes.evaluate import encode_prompt
+    from nodes.tasks import ArithTask, score
+
+    records, results = [], []
+    for p in ArithTask().problems(task.split, task.problems, task.start_index):
+        res = client.run(encode_prompt(pair, p), task.max_new_tokens, request_id=p.uid)
+        records.append(res.record(score(pair.tokenizer.decode(res.tokens, skip_special_tokens=True), p)))
+        results.append(res)
+    return records, results

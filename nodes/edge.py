@@ -15,12 +15,13 @@ from dataclasses import dataclass, field
 import torch
 import zmq
 
-from nodes.decoding import Verifier, VerifyContext, autoregressive_generate
+from channel_models.csi import CSI
+from nodes.decoding import RoundOutcome, Verifier, autoregressive_generate, verify_round
 from nodes.decoding.policies import VerificationPolicy
-from nodes.profiles import ComputeProfile
-from nodes.protocols import edge_policy, get_protocol
+from nodes.profiles import ComputeProfile, sleep_ms
+from nodes.protocols import PROTOCOLS, Protocol
 from nodes.wire import (Bye, Draft, Error, Hello, HelloAck, HiddenRequest, HiddenUpload, Message, Result, Start,
-                        Verdict, WireError, decode, encode)
+                        StartAck, Verdict, WireError, decode, encode)
 
 log = logging.getLogger(__name__)
 
@@ -46,8 +47,7 @@ class Request:
     prompt_len: int
     max_new_tokens: int
     round: int = 0
-    pending: VerifyContext | None = None
-    pending_ms: float = 0.0
+    pending: RoundOutcome | None = None  # a round waiting for the drafter hidden rows it asked for
 
 
 @dataclass
@@ -56,8 +56,9 @@ class Session:
 
     sid: int
     hello: Hello
+    protocol: Protocol
     verifier: Verifier
-    policy: VerificationPolicy
+    policy: VerificationPolicy | None
     request: Request | None = None
     last_key: tuple | None = None
     last_reply: list[bytes] = field(default_factory=list)
@@ -66,15 +67,17 @@ class Session:
 
 
 class EdgeServer:
-    """Serves verification for many devices; ``serve()`` runs until ``stop()``."""
+    """Serves verification for many devices; ``serve()`` runs until ``stop()``. Heads come from
+    ``head_dir`` (default: the shipped ones); ``lambda_ms`` overrides their accuracy price;
+    ``profile`` pads verification compute (slept with a socket, only logged without one: the
+    simulator charges it to its virtual clock)."""
 
     def __init__(self, target: torch.nn.Module, eos_token_id: int | None, bind: str | None = "tcp://0.0.0.0:5555",
-                 limits: EdgeLimits = EdgeLimits(), token: str = "", head_paths: dict[str, str] | None = None,
+                 limits: EdgeLimits = EdgeLimits(), token: str = "", head_dir: str | None = None,
                  curve_secret_key: bytes | None = None, profile: ComputeProfile = ComputeProfile(),
-                 head_lambda_ms: float | None = None):
+                 lambda_ms: float | None = None):
         self.target, self.eos, self.limits, self.token = target, eos_token_id, limits, token
-        self.profile, self.head_lambda_ms = profile, head_lambda_ms
-        self.head_paths = head_paths or {}
+        self.profile, self.lambda_ms, self.head_dir = profile, lambda_ms, head_dir
         self.sock = None
         self.endpoint = ""
         if bind is not None:  # bind=None: no socket, frames are handed in directly (simulation)
@@ -158,7 +161,7 @@ class EdgeServer:
         if self.token and h.token != self.token:
             raise WireError("unauthenticated", "wrong or missing token")
         try:
-            protocol = get_protocol(h.protocol)
+            protocol = PROTOCOLS.get(h.protocol)
         except ValueError as e:
             raise WireError("bad_request", str(e)) from None
         if not 1 <= h.gamma <= self.limits.max_gamma:
@@ -170,10 +173,10 @@ class EdgeServer:
         if ident not in self.sessions and len(self.sessions) >= self.limits.max_sessions:
             raise WireError("too_many_sessions", f"the edge serves at most {self.limits.max_sessions} devices")
         try:
-            policy = edge_policy(protocol, h.temperature, self.head_paths.get(protocol.name), self.head_lambda_ms)
+            policy = None if protocol.edge_only else protocol.edge_policy(h.temperature, self.head_dir, self.lambda_ms)
         except (ValueError, FileNotFoundError) as e:
             raise WireError("bad_request", str(e)) from None
-        s = Session(self._next_sid, h, Verifier(self.target), policy)
+        s = Session(self._next_sid, h, protocol, Verifier(self.target), policy)
         s.generator.manual_seed(h.seed + 7)
         self._next_sid += 1
         self.sessions[ident] = s
@@ -185,13 +188,13 @@ class EdgeServer:
             raise WireError("bad_request", "prompt must be non-empty token ids within the vocabulary")
         if not 1 <= m.max_new_tokens <= self.limits.max_new_tokens:
             raise WireError("bad_request", f"max_new_tokens outside 1..{self.limits.max_new_tokens}")
-        if get_protocol(s.hello.protocol).edge_only:
+        if s.protocol.edge_only:
             t0 = time.perf_counter()
             out = autoregressive_generate(s.verifier.lm, m.prompt, m.max_new_tokens, self.eos)
             return encode(Result(m.request_id, out, (time.perf_counter() - t0) * 1000.0))
         s.verifier.reset()
         s.request = Request(m.request_id, list(m.prompt), len(m.prompt), m.max_new_tokens)
-        return encode(Verdict(m.request_id, -1, 0, -1, 0, -1, 0, 0.0))  # an acknowledgement
+        return encode(StartAck(m.request_id))
 
     def _check_round(self, s: Session, request_id: str, rnd: int) -> Request:
         r = s.request
@@ -202,6 +205,8 @@ class EdgeServer:
         return r
 
     def _draft(self, s: Session, m: Draft) -> list[bytes]:
+        if s.protocol.edge_only:
+            raise WireError("bad_request", f"{s.protocol.name} takes no drafts: the target decodes alone")
         r = self._check_round(s, m.request_id, m.round)
         if r.pending is not None:
             raise WireError("out_of_order", "hidden states for the previous draft are still awaited")
@@ -213,47 +218,40 @@ class EdgeServer:
             raise WireError("bad_request", "rejection sampling needs the drafter probabilities [γ, V]")
         if m.hidden is not None and m.hidden.shape[0] != g:
             raise WireError("bad_request", "hidden states must have one row per draft token")
-        logits, hidden, verify_ms = s.verifier.score(r.seq, list(m.tokens))
-        ctx = VerifyContext(torch.tensor(m.tokens), logits, hidden,
-                            torch.as_tensor(m.probs) if m.probs is not None else None,
-                            torch.as_tensor(m.hidden) if m.hidden is not None else None, m.csi,
-                            s.hello.temperature, s.generator)
-        if s.policy.needs_drafter_hidden and m.hidden is None:
-            # The device chose not to upload (wisv-selective always, wisv-adaptive per round):
-            # mismatch-first, ask for the hidden states of just the mismatched positions.
-            mism = (ctx.draft_tokens != ctx.target_greedy()[:g]).nonzero().flatten().tolist()
-            if mism:
-                r.pending, r.pending_ms = ctx, verify_ms
-                return encode(HiddenRequest(m.request_id, m.round, mism))
-        return self._verdict(s, r, ctx, verify_ms)
+        r.pending = verify_round(s.verifier, s.policy, r.seq, list(m.tokens),
+                                 drafter_probs=torch.as_tensor(m.probs) if m.probs is not None else None,
+                                 drafter_hidden=torch.as_tensor(m.hidden) if m.hidden is not None else None,
+                                 csi=CSI.from_wire(m.csi), temperature=s.hello.temperature, generator=s.generator)
+        if r.pending.request_rows:  # mismatch-first: ask for the mismatched positions only
+            return encode(HiddenRequest(m.request_id, m.round, r.pending.request_rows))
+        return self._verdict(s, r)
 
     def _hidden(self, s: Session, m: HiddenUpload) -> list[bytes]:
         r = self._check_round(s, m.request_id, m.round)
-        ctx = r.pending
-        if ctx is None:
+        if r.pending is None or not r.pending.request_rows:
             raise WireError("out_of_order", "no hidden states were requested")
-        if m.hidden is None or m.hidden.ndim != 2 or m.hidden.shape[0] != len(m.positions) or \
-                any(not 0 <= p < ctx.gamma for p in m.positions):
+        if m.hidden is None or m.hidden.ndim != 2 or m.hidden.shape[0] != len(m.positions):
             raise WireError("bad_request", "hidden upload must hold one row per requested position")
-        full = torch.zeros(ctx.gamma, m.hidden.shape[1])
-        full[torch.tensor(m.positions, dtype=torch.long)] = torch.as_tensor(m.hidden)
-        ctx.drafter_hidden = full
-        r.pending = None
-        return self._verdict(s, r, ctx, r.pending_ms)
+        try:
+            r.pending.supply_hidden(list(m.positions), torch.as_tensor(m.hidden))
+        except ValueError as e:
+            raise WireError("bad_request", str(e)) from None
+        return self._verdict(s, r)
 
-    def _verdict(self, s: Session, r: Request, ctx: VerifyContext, verify_ms: float) -> list[bytes]:
-        t0 = time.perf_counter()
-        v = s.policy.verify(ctx)
-        verify_ms += (time.perf_counter() - t0) * 1000.0
-        pad_ms = self.profile.pad(verify_ms, ctx.gamma)
-        new = ctx.draft_tokens[: v.n_accepted].tolist() + [v.next_token]
+    def _verdict(self, s: Session, r: Request) -> list[bytes]:
+        out, r.pending = r.pending, None
+        v = out.decision
+        pad_ms = self.profile.pad_ms(out.verify_ms, out.ctx.gamma)
+        if pad_ms and self.sock is not None:
+            sleep_ms(pad_ms)
+        new = out.new_tokens
         r.seq.extend(new)
         s.verifier.commit(len(r.seq))
         produced = len(r.seq) - r.prompt_len
         done = (self.eos is not None and self.eos in new) or produced >= r.max_new_tokens
         reply = Verdict(r.request_id, r.round, v.n_accepted, v.next_token, v.n_exact,
                         -1 if v.first_mismatch is None else v.first_mismatch, v.n_harmless,
-                        verify_ms + pad_ms, done, pad_ms)
+                        out.verify_ms + pad_ms, done, pad_ms)
         r.round += 1
         self.stats["rounds"] += 1
         if done:

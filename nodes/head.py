@@ -7,7 +7,8 @@ A head decides, for a draft token that is *not* the target's choice, whether it 
   token, and the entropy (nats) of its distribution at that position;
 * ``target_hidden``: the target's last hidden state that predicts draft token i;
 * ``drafter_hidden``: the drafter's hidden state that produced draft token i (uploaded);
-* ``csi``: SNR (dB), log uplink and downlink rate (Mbit/s), log RTT (ms) from the device's report.
+* ``csi``: SNR (dB), log uplink and downlink rate (Mbit/s), log RTT (ms) from the device's report
+  (:func:`channel_models.csi.csi_features`).
 
 Decision: ``fixed`` accepts when P(harmless) ≥ threshold; ``csi_cost`` accepts when the
 expected cost of rejecting, P · cost_ms(CSI) (an extra round at the CSI in force), exceeds that
@@ -26,11 +27,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from channel_models.csi import CSI, csi_features, round_trip_ms
 from nodes.decoding.policies import VerifyContext, _RelaxedPolicy
 
 HEAD_VERSION = 1
 SCALARS = ("p_draft", "p_top", "entropy")
-CSI_KEYS = ("snr_db", "rate_up_mbps", "rate_down_mbps", "rtt_ms")
 
 
 @dataclass
@@ -90,7 +91,7 @@ class DecisionHead(torch.nn.Module):
                     raise ValueError("this head needs the drafter's hidden states")
                 cols.append(torch.as_tensor(ctx.drafter_hidden)[positions].float())
             elif name == "csi":
-                cols.append(torch.tensor([csi_features(ctx.csi or {})]).expand(len(positions), -1))
+                cols.append(torch.tensor([csi_features(ctx.csi or CSI())]).expand(len(positions), -1))
             else:
                 raise ValueError(f"unknown head feature {name!r}")
         return torch.cat(cols, dim=-1)
@@ -150,40 +151,27 @@ class HeadPolicy(_RelaxedPolicy):
         if lambda_ms is not None:
             self.decision["lambda_ms"] = float(lambda_ms)
         self.needs_drafter_hidden = head.spec.needs_drafter_hidden
-        self.needs_target_hidden = "target_hidden" in head.spec.features
 
     @torch.inference_mode()
     def tolerate(self, ctx: VerifyContext) -> torch.Tensor:
-        greedy = ctx.target_greedy()[: ctx.gamma]
-        mism = (ctx.draft_tokens != greedy).nonzero().flatten()
+        mism = torch.tensor(ctx.mismatch_positions(), dtype=torch.long)
         ok = torch.zeros(ctx.gamma, dtype=torch.bool)
         if mism.numel():
-            ok[mism] = self.head(self.head.features(ctx, mism)) >= self.round_threshold(ctx.csi or {})
+            ok[mism] = self.head(self.head.features(ctx, mism)) >= self.round_threshold(ctx.csi or CSI())
         return ok
 
-    def round_threshold(self, csi: dict[str, float]) -> float:
+    def round_threshold(self, csi: CSI) -> float:
         """P(harmless) needed to accept, at this CSI."""
         if self.decision.get("mode") != "csi_cost":
             return self.threshold
         lam = float(self.decision["lambda_ms"])
         return lam / (lam + round_cost_ms(csi, self.decision))
 
-    def describe(self):
-        return {"name": self.name, "threshold": self.threshold, "features": self.head.spec.features,
-                "kind": self.head.spec.kind, "note": self.head.spec.note, "decision": self.decision}
 
-
-def csi_features(csi: dict[str, float]) -> list[float]:
-    """The head's CSI inputs: SNR dB, log rate up/down (Mbit/s), log RTT (ms)."""
-    return [float(csi.get("snr_db", 0.0)), float(np.log(max(csi.get("rate_up_mbps", 1.0), 1e-3))),
-            float(np.log(max(csi.get("rate_down_mbps", 1.0), 1e-3))), float(np.log(max(csi.get("rtt_ms", 1.0), 1e-3)))]
-
-
-def round_cost_ms(csi: dict[str, float], decision: dict) -> float:
-    """Expected latency (ms) of one extra round at this CSI: RTT, the draft and verdict
-    transmissions, a TCP retransmission timeout per expected loss, and the compute of a round."""
-    rate_up = max(csi.get("rate_up_mbps", 10.0), 1e-3) * 1e6
-    rate_down = max(csi.get("rate_down_mbps", 10.0), 1e-3) * 1e6
-    loss = float(csi.get("loss_up", 0.0)) + float(csi.get("loss_down", 0.0))
-    tx = 8.0 * (decision.get("bytes_up", 200.0) / rate_up + decision.get("bytes_down", 160.0) / rate_down) * 1000.0
-    return float(csi.get("rtt_ms", 20.0) + tx + loss * decision.get("rto_ms", 200.0) + decision.get("compute_ms", 5.0))
+def round_cost_ms(csi: CSI, decision: dict) -> float:
+    """Expected latency (ms) of one extra round at this CSI: one exchange of a draft
+    (``bytes_up``) and a verdict (``bytes_down``) through :func:`channel_models.csi.round_trip_ms`
+    (delays, transmission, a retransmission timeout per expected lost segment) plus the compute
+    of a round (``compute_ms``)."""
+    return round_trip_ms(csi, decision.get("bytes_up", 200.0), decision.get("bytes_down", 160.0),
+                         decision.get("rto_ms", 200.0)) + float(decision.get("compute_ms", 5.0))

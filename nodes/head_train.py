@@ -23,19 +23,20 @@ import numpy as np
 import pandas as pd
 import torch
 
-from nodes.head import DecisionHead, HeadSpec, csi_features, round_cost_ms
+from channel_models.csi import CSI, csi_features
+from nodes.head import DecisionHead, HeadSpec, round_cost_ms
 
 log = logging.getLogger(__name__)
 SCALARS = ["p_draft", "p_top", "entropy"]
 FEATURE_SETS = {
     "scalars": SCALARS,
-    "target": SCALARS + ["target_hidden"],            # wisv-target: nothing uploaded
-    "full": SCALARS + ["target_hidden", "drafter_hidden"],  # wisv-full / wisv-selective
+    "target": SCALARS + ["target_hidden"],            # protocols with head "target": nothing uploaded
+    "full": SCALARS + ["target_hidden", "drafter_hidden"],  # head "full": drafter hidden uploaded
 }
 DECISION_DEFAULTS = {"bytes_up": 200.0, "bytes_down": 160.0, "rto_ms": 200.0, "compute_ms": 5.0}
 
 
-def sample_csi(n: int, seed: int = 0) -> list[dict[str, float]]:
+def sample_csi(n: int, seed: int = 0) -> list[CSI]:
     """``n`` CSI reports drawn from pedestrian, vehicular and bursty channels (seeded)."""
     from channel_models.generator import PRESETS, ChannelSpec
     from traces.ops import from_channel
@@ -48,13 +49,11 @@ def sample_csi(n: int, seed: int = 0) -> list[dict[str, float]]:
     df = pd.concat(pool, ignore_index=True)
     idx = np.random.default_rng(seed).integers(0, len(df), n)
     rows = df.iloc[idx]
-    return [{"snr_db": float(r.snr_db_up), "rate_up_mbps": float(r.rate_bps_up) / 1e6,
-             "rate_down_mbps": float(r.rate_bps_down) / 1e6, "rtt_ms": float(r.delay_ms_up + r.delay_ms_down),
-             "loss_up": float(r.loss_up), "loss_down": float(r.loss_down)} for r in rows.itertuples()]
+    return [CSI.from_row(r) for r in rows.to_dict("records")]
 
 
 def feature_matrix(rows: pd.DataFrame, th: np.ndarray, dh: np.ndarray, features: list[str],
-                   csi: list[dict] | None) -> np.ndarray:
+                   csi: list[CSI] | None) -> np.ndarray:
     """Feature rows in the order :meth:`DecisionHead.features` builds them at the edge."""
     cols = []
     for f in features:
@@ -99,7 +98,7 @@ def fit_head(x: np.ndarray, y: np.ndarray, spec: HeadSpec, weights: np.ndarray |
     return head.eval()
 
 
-def expected_cost(p: np.ndarray, harmless: np.ndarray, csi: list[dict], thresholds: np.ndarray, lam: float) -> dict:
+def expected_cost(p: np.ndarray, harmless: np.ndarray, csi: list[CSI], thresholds: np.ndarray, lam: float) -> dict:
     """Cost (ms) of accepting where p ≥ thresholds: false rejects pay the round cost at their CSI,
     false accepts pay λ. Also precision/recall of 'harmless'."""
     acc = p >= thresholds

@@ -23,8 +23,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from nodes.decoding import Drafter, Verifier, VerifyContext, autoregressive_generate
-from nodes.decoding.policies import exact_prefix
+from nodes.decoding import Drafter, ExactMatch, Verifier, autoregressive_generate, verify_round
 from nodes.evaluate import encode_prompt
 from nodes.models import ModelPair
 from nodes.tasks import ArithTask, extract_answer
@@ -42,25 +41,25 @@ def mine_problem(pair: ModelPair, prompt: list[int], answer: str, gamma: int, ma
     ref = autoregressive_generate(pair.target, prompt, max_new_tokens, pair.eos_token_id)
     ref_answer = extract_answer(tok.decode(ref, skip_special_tokens=True))
     rows = []
+    exact = ExactMatch()
     while len(seq) - len(prompt) < max_new_tokens:
         block = d.draft(seq, gamma, pair.eos_token_id)
-        logits, hidden, _ = v.score(seq, block.tokens)
-        ctx = VerifyContext(torch.tensor(block.tokens), logits, hidden)
-        n, first, greedy = exact_prefix(ctx)
+        r = verify_round(v, exact, seq, block.tokens)
+        first = r.decision.first_mismatch
         if first is not None:
-            dtok, ttok = block.tokens[first], int(greedy[first])
+            dtok, ttok = block.tokens[first], r.decision.next_token
             prefix = seq + block.tokens[:first]
             alt = autoregressive_generate(pair.target, prefix + [dtok], max_new_tokens - (len(prefix) - len(prompt)) - 1,
                                           pair.eos_token_id)
             alt_answer = extract_answer(tok.decode(prefix[len(prompt):] + [dtok] + alt, skip_special_tokens=True))
-            p = torch.softmax(logits[first].float(), -1)
+            p = torch.softmax(r.ctx.target_logits[first].float(), -1)
             rows.append({"position": len(prefix) - len(prompt), "draft_token": dtok, "target_token": ttok,
                          "p_draft": float(p[dtok]), "p_top": float(p[ttok]),
                          "entropy": float(-(p * torch.log(p.clamp_min(1e-20))).sum()),
                          "important": bool(alt_answer != ref_answer or alt_answer != answer),
-                         "target_hidden": hidden[first].float().numpy(),
+                         "target_hidden": r.ctx.target_hidden[first].float().numpy(),
                          "drafter_hidden": block.hidden[first].float().numpy()})
-        new = block.tokens[:n] + [int(greedy[n])]
+        new = r.new_tokens
         seq.extend(new)
         v.commit(len(seq))
         d.commit(len(seq))

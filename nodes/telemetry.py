@@ -1,11 +1,15 @@
 """Per-round logs written as they happen: one JSON line per round, appended and flushed, so a
-killed run keeps every round it finished (SPEC §5 fields)."""
+killed run keeps every round it finished (SPEC §5 fields). Every line is flat: the CSI report
+becomes ``csi_*`` columns, the same in the Python API, the CLI and the Parquet tables (README:
+output schema)."""
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
+
+from channel_models.csi import CSI, CSI_LOG_COLUMNS
 
 
 @dataclass
@@ -14,7 +18,7 @@ class RoundLog:
 
     Bytes are application bytes (all frames of every message of the round); ``link_ms`` is the
     round's wall time minus draft, verify and edge policy time; ``t_start``/``t_end`` are wall
-    clock (epoch s); ``csi`` is the channel report sent with the draft."""
+    clock (epoch s; virtual seconds in simulation); ``csi`` is the channel report sent with the draft."""
 
     run_id: str
     protocol: str
@@ -37,12 +41,22 @@ class RoundLog:
     t_start: float
     t_end: float
     retries: int = 0
-    csi: dict[str, float] = field(default_factory=dict)
+    csi: CSI = field(default_factory=CSI)
     draft_pad_ms: float = 0.0   # compute-profile padding inside draft_ms
     verify_pad_ms: float = 0.0  # compute-profile padding inside verify_ms
     wire_up_bytes: int = -1     # on-wire (L2) bytes the device's interface sent in the round; -1: not counted
     wire_down_bytes: int = -1   # on-wire (L2) bytes it received
     upload: str = ""            # hidden states sent: "all", "mismatch" (on request) or "" (none)
+
+    @classmethod
+    def columns(cls) -> list[str]:
+        """The flat columns of a log line, in order."""
+        return [f.name for f in fields(cls) if f.name != "csi"] + list(CSI_LOG_COLUMNS)
+
+    def to_record(self) -> dict[str, Any]:
+        """The flat record of a log line (``csi_*`` columns)."""
+        rec = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "csi"}
+        return {**rec, **self.csi.log_columns()}
 
 
 class RoundLogger:
@@ -55,7 +69,7 @@ class RoundLogger:
 
     def write(self, record: RoundLog | dict[str, Any]) -> None:
         """Append one record and flush it to the OS."""
-        rec = asdict(record) if isinstance(record, RoundLog) else record
+        rec = record.to_record() if isinstance(record, RoundLog) else record
         self._f.write(json.dumps(rec) + "\n")
         self._f.flush()
 

@@ -18,13 +18,12 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import Any, Callable, ClassVar
 
 import msgpack
 import numpy as np
 
 WIRE_VERSION = 1
-HIDDEN_DTYPES = ("f16", "bf16", "f32", "i8")
 
 
 class WireError(ValueError):
@@ -78,6 +77,14 @@ class Start(Message):
     request_id: str
     prompt: list[int]
     max_new_tokens: int
+
+
+@dataclass
+class StartAck(Message):
+    """Edge → device: the request is open; drafts may follow."""
+
+    TYPE: ClassVar[str] = "start_ack"
+    request_id: str
 
 
 @dataclass
@@ -164,55 +171,71 @@ class Bye(Message):
 
 
 MESSAGE_TYPES: dict[str, type[Message]] = {c.TYPE: c for c in
-                                           (Hello, HelloAck, Start, Draft, HiddenRequest, HiddenUpload, Verdict,
+                                           (Hello, HelloAck, Start, StartAck, Draft, HiddenRequest, HiddenUpload, Verdict,
                                             Result, Error, Bye)}
 
 
 # ----------------------------------------------------------------------------- arrays
 
-def _encode_array(x: np.ndarray, dtype: str) -> bytes:
-    x = np.asarray(x)
-    if dtype == "f16":
-        return x.astype("<f2").tobytes()
-    if dtype == "f32":
-        return x.astype("<f4").tobytes()
-    if dtype == "bf16":
-        as32 = np.ascontiguousarray(x, dtype="<f4").view("<u4")
-        rounded = as32 + 0x7FFF + ((as32 >> 16) & 1)  # round to nearest even
-        return (rounded >> 16).astype("<u2").tobytes()
-    if dtype == "i8":
-        x2 = x.reshape(-1, x.shape[-1]).astype(np.float32)
-        scale = np.abs(x2).max(axis=1) / 127.0
-        scale[scale == 0] = 1.0
-        q = np.clip(np.rint(x2 / scale[:, None]), -127, 127).astype("i1")
-        return scale.astype("<f4").tobytes() + q.tobytes()
-    raise WireError("malformed", f"unknown array dtype {dtype!r}")
+def _bf16_encode(x: np.ndarray) -> bytes:
+    as32 = np.ascontiguousarray(x, dtype="<f4").view("<u4")
+    rounded = as32 + 0x7FFF + ((as32 >> 16) & 1)  # round to nearest even
+    return (rounded >> 16).astype("<u2").tobytes()
 
 
-def array_nbytes(shape: tuple[int, ...], dtype: str) -> int:
-    """Frame length in bytes of an array of ``shape`` and wire ``dtype``."""
-    n = int(np.prod(shape)) if shape else 1
-    if dtype in ("f16", "bf16"):
-        return 2 * n
-    if dtype == "f32":
-        return 4 * n
-    if dtype == "i8":
-        rows = int(np.prod(shape[:-1])) if len(shape) > 1 else 1
-        return 4 * rows + n
-    raise WireError("malformed", f"unknown array dtype {dtype!r}")
+def _i8_encode(x: np.ndarray) -> bytes:
+    x2 = x.reshape(-1, x.shape[-1]).astype(np.float32)
+    scale = np.abs(x2).max(axis=1) / 127.0
+    scale[scale == 0] = 1.0
+    q = np.clip(np.rint(x2 / scale[:, None]), -127, 127).astype("i1")
+    return scale.astype("<f4").tobytes() + q.tobytes()
 
 
-def _decode_array(buf: bytes, dtype: str, shape: tuple[int, ...]) -> np.ndarray:
-    if dtype == "f16":
-        return np.frombuffer(buf, "<f2").reshape(shape).astype(np.float32)
-    if dtype == "f32":
-        return np.frombuffer(buf, "<f4").reshape(shape).copy()
-    if dtype == "bf16":
-        return (np.frombuffer(buf, "<u2").astype("<u4") << 16).view("<f4").reshape(shape)
+def _i8_decode(buf: bytes, shape: tuple[int, ...]) -> np.ndarray:
     rows = int(np.prod(shape[:-1])) if len(shape) > 1 else 1
     scale = np.frombuffer(buf[: 4 * rows], "<f4")
     q = np.frombuffer(buf[4 * rows:], "i1").reshape(rows, shape[-1]).astype(np.float32)
     return (q * scale[:, None]).reshape(shape)
+
+
+@dataclass(frozen=True)
+class WireDtype:
+    """How one array dtype travels: bytes per element, extra bytes per row (int8's scale), and
+    the little-endian encoder and decoder (decoded arrays are float32)."""
+
+    name: str
+    itemsize: int
+    row_overhead: int
+    encode: Callable[[np.ndarray], bytes]
+    decode: Callable[[bytes, tuple[int, ...]], np.ndarray]
+
+    def nbytes(self, shape: tuple[int, ...]) -> int:
+        """Frame length in bytes of an array of ``shape``."""
+        n = int(np.prod(shape)) if shape else 1
+        rows = int(np.prod(shape[:-1])) if len(shape) > 1 else 1
+        return self.itemsize * n + self.row_overhead * rows
+
+
+WIRE_DTYPES: dict[str, WireDtype] = {d.name: d for d in (
+    WireDtype("f16", 2, 0, lambda x: x.astype("<f2").tobytes(),
+              lambda b, s: np.frombuffer(b, "<f2").reshape(s).astype(np.float32)),
+    WireDtype("bf16", 2, 0, _bf16_encode,
+              lambda b, s: (np.frombuffer(b, "<u2").astype("<u4") << 16).view("<f4").reshape(s)),
+    WireDtype("f32", 4, 0, lambda x: x.astype("<f4").tobytes(), lambda b, s: np.frombuffer(b, "<f4").reshape(s).copy()),
+    WireDtype("i8", 1, 4, _i8_encode, _i8_decode),
+)}
+
+
+def wire_dtype(name: str) -> WireDtype:
+    """The wire dtype called ``name``; WireError otherwise."""
+    if name not in WIRE_DTYPES:
+        raise WireError("malformed", f"unknown array dtype {name!r}; known: {', '.join(WIRE_DTYPES)}")
+    return WIRE_DTYPES[name]
+
+
+def array_nbytes(shape: tuple[int, ...], dtype: str) -> int:
+    """Frame length in bytes of an array of ``shape`` and wire ``dtype``."""
+    return wire_dtype(dtype).nbytes(shape)
 
 
 # ----------------------------------------------------------------------------- framing
@@ -228,7 +251,7 @@ def encode(msg: Message, array_dtypes: dict[str, str] | None = None) -> list[byt
             arr = v.detach().float().cpu().numpy() if hasattr(v, "detach") else np.asarray(v)
             dt = (array_dtypes or {}).get(f.name, "f16" if f.name == "hidden" else "f32")
             specs.append({"n": f.name, "d": dt, "s": list(arr.shape)})
-            frames.append(_encode_array(arr, dt))
+            frames.append(wire_dtype(dt).encode(arr))
         else:
             fields[f.name] = v
     header = msgpack.packb({"v": WIRE_VERSION, "t": msg.TYPE, "f": fields, "a": specs}, use_bin_type=True)
@@ -297,12 +320,12 @@ def decode(frames: list[bytes], max_bytes: int = 16 << 20, max_array_elems: int 
         if not isinstance(spec, dict) or spec.get("n") not in cls.ARRAYS or spec["n"] in arrays:
             raise WireError("malformed", f"bad array spec {spec!r} for {cls.TYPE}")
         dt, shape = spec.get("d"), spec.get("s")
-        if dt not in HIDDEN_DTYPES or not isinstance(shape, list) or not all(
+        if dt not in WIRE_DTYPES or not isinstance(shape, list) or not all(
                 isinstance(s, int) and not isinstance(s, bool) and 0 <= s for s in shape) or len(shape) > 4:
             raise WireError("malformed", f"bad dtype or shape in {spec!r}")
         if int(np.prod(shape)) > max_array_elems:
             raise WireError("too_large", f"array {spec['n']} of shape {shape} is too large")
         if array_nbytes(tuple(shape), dt) != len(buf):
             raise WireError("malformed", f"array {spec['n']}: {len(buf)} bytes do not fit {dt}{shape}")
-        arrays[spec["n"]] = _decode_array(buf, dt, tuple(shape))
+        arrays[spec["n"]] = WIRE_DTYPES[dt].decode(buf, tuple(shape))
     return cls(**fields, **arrays)

@@ -22,7 +22,7 @@ EXACT = ("vanilla", "ar-edge")
 
 def predicted_round_ms(rounds: pd.DataFrame, trace_path: Path) -> np.ndarray:
     """draft + verify + predicted link time (both directions, every exchange) per round."""
-    from nodes.simulate import AnalyticLink
+    from runs.simulate import AnalyticLink
     from traces.format import read_trace
 
     link = AnalyticLink(read_trace(trace_path))

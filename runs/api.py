@@ -9,7 +9,10 @@
         df = tb.rounds()                                   # every round so far, as a DataFrame
 
 Each ``run_protocol`` restarts the trace at its beginning when the device process starts, so
-protocols see the same channel; the device reports the trace step in force as its CSI.
+protocols see the same channel; the device reports the trace step in force as its CSI. Every
+setting of a protocol run is one :class:`nodes.config.RunConfig`, written beside the logs and
+handed to the node processes as ``--config``; after each protocol the run directory holds the
+same Parquet tables as an experiment's, so ``wisv report RUN_DIR`` reads it.
 """
 from __future__ import annotations
 
@@ -18,15 +21,19 @@ import subprocess
 import sys
 import tempfile
 import time
+import uuid
+from dataclasses import replace
 from pathlib import Path
 
 import pandas as pd
 
-from nodes.sweep import ProtocolSummary
+from nodes.config import ModelConfig, RunConfig, TaskConfig
+from runs.summary import ProtocolSummary, summarise
+from runs.tables import write_run_tables
 from topologies.net import EDGE_IP, EmulatedNetwork
 from topologies.replayer import ReplayOptions, TraceReplayer
 from topologies.shapers import QueueLimit
-from topologies.topo import DeviceEdge, Star
+from topologies.topo import DeviceEdge, Topology
 from traces.format import read_trace
 
 REPO = Path(__file__).resolve().parent.parent
@@ -40,9 +47,11 @@ class RunFailed(RuntimeError):
 class Testbed:
     """An emulated device–edge testbed with real node processes (see module docstring)."""
 
-    def __init__(self, topo: DeviceEdge | Star = DeviceEdge(), backend: str = "auto", seed: int = 0,
-                 run_dir: str | Path | None = None, queue_packets: int = 1000, progress: bool = False):
+    def __init__(self, topo: Topology = DeviceEdge(), backend: str = "auto", seed: int = 0,
+                 run_dir: str | Path | None = None, queue_packets: int = 1000, progress: bool = False,
+                 config: RunConfig | None = None):
         self.topo, self.backend, self.seed, self.queue_packets = topo, backend, seed, queue_packets
+        self.config = config or RunConfig(run_id=uuid.uuid4().hex, seed=seed)
         self.progress = progress
         self.run_dir = Path(run_dir or tempfile.mkdtemp(prefix="wisv-run-"))
         self.run_dir.mkdir(parents=True, exist_ok=True)
@@ -51,7 +60,6 @@ class Testbed:
         self.trace_paths: list[Path] = []
         self.edge = None
         self._edge_log = None
-        self.model_args: list[str] = []
 
     def __enter__(self) -> "Testbed":
         return self.start()
@@ -78,48 +86,61 @@ class Testbed:
             raise ValueError(f"{len(paths)} traces for {len(self.net.links)} devices")
         self.trace_paths = paths
         self.trace_path = paths[0]
-        for link, p in zip(self.net.links, paths):
-            first = read_trace(p).data.iloc[0]
-            for d in ("up", "down"):
-                link[d].set(first[f"rate_bps_{d}"], first[f"delay_ms_{d}"], first[f"loss_{d}"])
+        self._replayer(0.0).apply_first()
+
+    def _replayer(self, loop_to_ms: float) -> TraceReplayer:
+        return TraceReplayer(self.net.links, [read_trace(p) for p in self.trace_paths],
+                             ReplayOptions(loop_to_ms=loop_to_ms or None))
 
     def start_edge(self, drafter: str | None = None, target: str | None = None, lambda_ms: float | None = None) -> None:
-        """Start the edge process (target model) in the edge host."""
-        self.model_args = [*(["--drafter", drafter] if drafter else []), *(["--target", target] if target else [])]
+        """Start the edge process (target model, heads, edge compute profile of the testbed's
+        config; ``drafter``/``target``/``lambda_ms`` override it) in the edge host."""
+        c = self.config
+        if drafter or target:
+            c = replace(c, models=replace(c.models, drafter=drafter or c.models.drafter, target=target or c.models.target))
+        if lambda_ms is not None:
+            c = replace(c, lambda_ms=lambda_ms)
+        self.config = c
+        path = c.write(self.run_dir / "edge-config.json")
         self._edge_log = open(self.run_dir / "edge.log", "ab")
         self.edge = self.net.edge.popen([sys.executable, "-m", "wisv.cli", "node", "edge", "--bind",
-                                         f"tcp://0.0.0.0:{EDGE_PORT}", "--threads", "1", *self.model_args,
-                                         *(["--head-lambda-ms", str(lambda_ms)] if lambda_ms else [])],
+                                         f"tcp://0.0.0.0:{EDGE_PORT}", "--threads", "1", "--config", str(path)],
                                         stdout=subprocess.PIPE, stderr=self._edge_log, cwd=str(REPO))
         if not self.edge.stdout.readline().decode().startswith("ready"):
             raise RunFailed(f"the edge did not start (see {self.run_dir / 'edge.log'})")
 
-    def run_protocol(self, protocol: str, problems: int = 20, gamma: int = 4, split: str = "test",
-                     max_new_tokens: int = 128, run_id: str = "", timeout_s: float = 900.0,
-                     on_device_start=None, device_args: list[str] | None = None) -> ProtocolSummary:
-        """Run ``problems`` problems per device with ``protocol``, one device process per device
-        host (each on its own problems), replaying the trace(s) from their start at the moment
-        every device has loaded its model and said hello; logs go to the run directory."""
-        from nodes.sweep import summarise
+    def protocol_config(self, protocol: str, problems: int | None = None, gamma: int | None = None,
+                        split: str | None = None, max_new_tokens: int | None = None) -> RunConfig:
+        """The testbed's config for ``protocol``, with the given settings changed."""
+        c, t = self.config, self.config.task
+        task = TaskConfig(split or t.split, problems or t.problems, t.start_index, max_new_tokens or t.max_new_tokens)
+        return replace(c, protocol=protocol, gamma=gamma or c.gamma, task=task)
 
+    def run_protocol(self, protocol: str, problems: int | None = None, gamma: int | None = None,
+                     split: str | None = None, max_new_tokens: int | None = None, timeout_s: float = 900.0,
+                     on_device_start=None, config: RunConfig | None = None) -> ProtocolSummary:
+        """Run one protocol — ``config``, or the testbed's config with ``protocol`` and the given
+        settings — with one device process per device host (device k on its own slice of the
+        problems), replaying the trace(s) from their start at the moment every device has
+        loaded its model and said hello; logs go to the run directory."""
         if self.trace_path is None or self.edge is None:
             raise RuntimeError("attach_trace() and start_edge() first")
+        cfg = config or self.protocol_config(protocol, problems, gamma, split, max_new_tokens)
+        protocol = cfg.protocol
         rd = self.run_dir
+        cfg_path = cfg.write(rd / f"config-{protocol}.json")
         n = len(self.net.devices)
         tag = (lambda k: protocol) if n == 1 else (lambda k: f"{protocol}-d{k}")
-        replayer = TraceReplayer(self.net.links, [read_trace(p) for p in self.trace_paths],
-                                 ReplayOptions(loop_to_ms=timeout_s * 1000.0))
+        replayer = self._replayer(timeout_s * 1000.0)
         devs, errs = [], []
         try:
             for k, host in enumerate(self.net.devices):
                 errs.append(open(rd / f"device-{tag(k)}.log", "ab"))
                 dev = host.popen(
                     [sys.executable, "-m", "wisv.cli", "node", "device", "--connect", f"tcp://{EDGE_IP}:{EDGE_PORT}",
-                     "--threads", "1", "--protocol", protocol, "--problems", str(problems), "--start-index",
-                     str(k * problems), "--gamma", str(gamma), "--split", split, "--max-new-tokens", str(max_new_tokens),
-                     "--log", str(rd / f"rounds-{tag(k)}.jsonl"), "--run-id", run_id, "--trace",
-                     str(self.trace_paths[k]), "--wait-go", "--json-out", str(rd / f"requests-{tag(k)}.json"),
-                     "--count-iface", host.intfList()[0].name, *self.model_args, *(device_args or [])],
+                     "--threads", "1", "--config", str(cfg_path), "--device-index", str(k),
+                     "--log", str(rd / f"rounds-{tag(k)}.jsonl"), "--trace", str(self.trace_paths[k]), "--wait-go",
+                     "--json-out", str(rd / f"requests-{tag(k)}.json"), "--count-iface", host.intfList()[0].name],
                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=errs[-1], cwd=str(REPO))
                 devs.append(dev)
                 if on_device_start is not None:
@@ -133,8 +154,8 @@ class Testbed:
                 dev.stdin.write(f"{start}\n".encode())
                 dev.stdin.flush()
             deadline = time.monotonic() + timeout_s
-            self._watch(protocol, devs, [rd / f"rounds-{tag(k)}.jsonl" for k in range(n)], problems * n, deadline)
-            outs = []
+            self._watch(protocol, devs, [rd / f"rounds-{tag(k)}.jsonl" for k in range(n)], cfg.task.problems * n,
+                        deadline)
             for k, dev in enumerate(devs):
                 try:
                     stdout, _ = dev.communicate(timeout=max(1.0, deadline - time.monotonic()))
@@ -143,7 +164,6 @@ class Testbed:
                 if dev.returncode != 0 or not stdout.strip():
                     raise RunFailed(f"{protocol}: the device exited with {dev.returncode} (see {rd}/device-{tag(k)}.log;"
                                     f" rounds so far in rounds-{tag(k)}.jsonl)")
-                outs.append(stdout)
         finally:
             for dev in devs:
                 if dev.poll() is None:
@@ -153,12 +173,11 @@ class Testbed:
             replayer.log.frame().to_csv(rd / f"link-steps-{protocol}.csv", index=False)
             for e in errs:
                 e.close()
-        if n == 1:
-            return ProtocolSummary(**json.loads(outs[0].decode().strip().splitlines()[-1]))
         requests, rounds = [], []
         for k in range(n):
             requests += json.loads((rd / f"requests-{tag(k)}.json").read_text())["requests"]
             rounds += [json.loads(x) for x in open(rd / f"rounds-{tag(k)}.jsonl")]
+        write_run_tables(rd)
         return summarise(protocol, requests, rounds)
 
     def _watch(self, protocol: str, devs: list, logs: list[Path], total: int, deadline: float) -> None:

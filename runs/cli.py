@@ -5,6 +5,7 @@ import argparse
 import json
 import signal
 import sys
+import uuid
 from pathlib import Path
 
 
@@ -52,6 +53,67 @@ def cmd_report(a: argparse.Namespace) -> int:
     return 0
 
 
+def _simulated(a: argparse.Namespace, protocols: list[str], out: Path | None) -> dict:
+    from nodes.config import ModelConfig, RunConfig, TaskConfig
+    from nodes.models import load_pair
+    from runs.simulate import simulate
+    from traces.defaults import DEFAULT_TRACE
+    from traces.format import read_trace
+
+    cfg = RunConfig(run_id=uuid.uuid4().hex, gamma=a.gamma, seed=a.seed, lambda_ms=a.lambda_ms, head_dir=a.head_dir,
+                    models=ModelConfig(a.drafter, a.target),
+                    task=TaskConfig(problems=a.problems, max_new_tokens=a.max_new_tokens))
+    pair = load_pair(cfg.models.drafter, cfg.models.target)
+    return simulate(pair, read_trace(a.trace or DEFAULT_TRACE), cfg, protocols, out)
+
+
+def cmd_simulate(a: argparse.Namespace) -> int:
+    from runs.summary import format_table
+
+    out = Path(a.output)
+    res = _simulated(a, a.protocols.split(","), out)
+    if a.json:
+        sys.stdout.write(json.dumps({k: v.__dict__ for k, v in res.items()}) + "\n")
+        return 0
+    sys.stdout.write(format_table(res))
+    sys.stdout.write(f"per-round logs and summary.json in {out}/\n")
+    return 0
+
+
+def cmd_head_eval(a: argparse.Namespace) -> int:
+    res = _simulated(a, a.protocols.split(","), None)
+    sys.stdout.write(json.dumps({k: v.__dict__ for k, v in res.items()}) + "\n")
+    return 0
+
+
+def _simulation_args(p: argparse.ArgumentParser, protocols: list[str], problems: int) -> None:
+    p.add_argument("--trace", help="trace file (default: the shipped pedestrian trace)")
+    p.add_argument("--protocols", default=",".join(protocols), help="comma-separated protocols")
+    p.add_argument("--problems", type=int, default=problems, help="test problems per protocol")
+    p.add_argument("--gamma", type=int, default=4, help="draft tokens per round")
+    p.add_argument("--seed", type=int, default=0, help="seed of the link's loss draws and of sampling")
+    p.add_argument("--max-new-tokens", type=int, default=128, help="longest answer, tokens")
+    p.add_argument("--lambda-ms", type=float, help="the heads' price of an accuracy-changing acceptance, ms")
+    p.add_argument("--head-dir", help="folder with head-full/head-target.safetensors (default: the shipped heads)")
+    p.add_argument("--drafter", help="drafter model folder (default: the shipped pair)")
+    p.add_argument("--target", help="target model folder (default: the shipped pair)")
+
+
+def register_simulate(sub: argparse._SubParsersAction, head_commands: argparse._SubParsersAction) -> None:
+    """Add ``wisv simulate`` (protocols over an analytic, trace-driven link; no root) and
+    ``wisv head eval`` (the same, reporting JSON)."""
+    from nodes.protocols import PROTOCOLS
+
+    p = sub.add_parser("simulate", help="run protocols with the link modelled from a trace (no root)")
+    _simulation_args(p, ["ar-edge", "vanilla", *PROTOCOLS.with_head()], 20)
+    p.add_argument("-o", "--output", default="runs/out/simulate", help="where logs and summary.json go")
+    p.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
+    p.set_defaults(func=cmd_simulate)
+    e = head_commands.add_parser("eval", help="protocols with the shipped heads over a trace (simulated link)")
+    _simulation_args(e, ["vanilla", *PROTOCOLS.with_head(), "topk", "typical"], 50)
+    e.set_defaults(func=cmd_head_eval)
+
+
 def register(sub: argparse._SubParsersAction) -> None:
     """Add ``wisv run`` and ``wisv report``."""
     p = sub.add_parser("run", help="run an experiment spec (default: the built-in one), emulated (root) or --simulate")
@@ -63,7 +125,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--gamma", type=int)
     p.add_argument("--trace")
     p.set_defaults(func=cmd_run)
-    r = sub.add_parser("report", help="tables (95 % CI, change vs vanilla) and plots of experiment directories")
+    r = sub.add_parser("report", help="tables (95 %% CI, change vs vanilla) and plots of experiment directories")
     r.add_argument("run_dirs", nargs="+")
     r.add_argument("-o", "--output", help="where report.md, report.csv and plots/ go (default: the first directory)")
     r.add_argument("--json", action="store_true")

@@ -7,36 +7,26 @@ disk, and the network, the rules and every process are removed whatever happens.
 from __future__ import annotations
 
 import json
-import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
-from nodes.sweep import ProtocolSummary
+from nodes.config import RunConfig
 from runs.api import RunFailed, Testbed  # noqa: F401  (RunFailed is part of this module's interface)
+from runs.summary import ProtocolSummary
+from topologies.topo import DeviceEdge, Topology
 
 
 @dataclass
-class EmulatedSpec:
-    """What to run: trace file, protocols, problems per protocol, draft length, backend, seed."""
+class EmulationSetup:
+    """Where the protocols run: the topology, the shaping backend, the queue bound of each
+    shaped link (packets), the trace (or one trace per device), and a time limit per protocol."""
 
     trace: Path
-    protocols: tuple[str, ...] = ("vanilla", "wisv-full", "wisv-selective")
-    problems: int = 20
-    gamma: int = 4
+    topology: Topology = field(default_factory=DeviceEdge)
     backend: str = "auto"
-    seed: int = 0
-    max_new_tokens: int = 128
-    timeout_s: float = 900.0
-    lambda_ms: float | None = None
-    drafter: str | None = None
-    target: str | None = None
-    split: str = "test"
     queue_packets: int = 1000
-    n_devices: int = 1
-    cross_traffic_bps: float | None = None
-    backhaul_rate_bps: float | None = None
-    device_args: list[str] | None = None
-    device_traces: list[Path] | None = None  # one per device (Star); default: ``trace`` for all
+    device_traces: list[Path] | None = None
+    timeout_s: float = 900.0
     progress: bool = False
 
 
@@ -44,27 +34,22 @@ def _write(path: Path, obj) -> None:
     path.write_text(json.dumps(obj, indent=2) + "\n")
 
 
-def run_emulated(spec: EmulatedSpec, run_dir: Path, on_device_start=None) -> dict[str, ProtocolSummary]:
-    """Run every protocol of ``spec``; results and logs go to ``run_dir``. ``on_device_start``
-    (protocol, Popen) is called when each device process starts (tests use it to kill one)."""
+def run_emulated(cfg: RunConfig, protocols: list[str], setup: EmulationSetup, run_dir: Path,
+                 on_device_start=None) -> dict[str, ProtocolSummary]:
+    """Run every protocol with ``cfg`` (its protocol replaced); results and logs go to
+    ``run_dir``. ``on_device_start`` (protocol, Popen) is called when each device process
+    starts (tests use it to kill one)."""
     run_dir.mkdir(parents=True, exist_ok=True)
-    run_id = f"run-{time.strftime('%Y%m%d-%H%M%S')}"
-    if not (run_dir / "spec.json").exists():  # an experiment has already written the resolved spec
-        _write(run_dir / "spec.json", {**spec.__dict__, "trace": str(spec.trace), "run_id": run_id})
     out: dict[str, ProtocolSummary] = {}
-    status = {"run_id": run_id, "status": "running", "protocols": {}}
-    from topologies.topo import CrossTraffic, DeviceEdge, Star
-
-    topo = DeviceEdge() if spec.n_devices == 1 and not spec.cross_traffic_bps else Star(
-        spec.n_devices, CrossTraffic(spec.cross_traffic_bps) if spec.cross_traffic_bps else None, spec.backhaul_rate_bps)
-    with Testbed(topo, backend=spec.backend, seed=spec.seed, run_dir=run_dir, queue_packets=spec.queue_packets,
-                 progress=spec.progress) as tb:
+    status = {"run_id": cfg.run_id, "status": "running", "protocols": {}}
+    with Testbed(setup.topology, backend=setup.backend, seed=cfg.seed, run_dir=run_dir,
+                 queue_packets=setup.queue_packets, progress=setup.progress, config=cfg) as tb:
         try:
-            tb.attach_trace(list(spec.device_traces) if spec.device_traces else spec.trace)
-            tb.start_edge(spec.drafter, spec.target, spec.lambda_ms)
-            for protocol in spec.protocols:
-                out[protocol] = tb.run_protocol(protocol, spec.problems, spec.gamma, spec.split, spec.max_new_tokens,
-                                                run_id, spec.timeout_s, on_device_start, spec.device_args)
+            tb.attach_trace(list(setup.device_traces) if setup.device_traces else setup.trace)
+            tb.start_edge()
+            for protocol in protocols:
+                out[protocol] = tb.run_protocol(protocol, timeout_s=setup.timeout_s, on_device_start=on_device_start,
+                                                config=cfg.with_protocol(protocol))
                 status["protocols"][protocol] = "done"
                 _write(run_dir / "status.json", status)
             status["status"] = "done"

@@ -13,7 +13,8 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-PROTOCOL_ORDER = ["vanilla", "ar-edge", "wisv-full", "wisv-selective", "wisv-adaptive", "wisv-target", "topk", "typical"]
+from nodes.protocols import PROTOCOLS
+
 COLUMNS = ["mean_accepted_len", "rounds_per_100_tokens", "latency_ms_mean", "latency_ms_p50", "latency_ms_p95",
            "tokens_per_s", "up_bytes_per_token", "down_bytes_per_token", "wire_up_bytes_per_token", "accuracy"]
 
@@ -77,7 +78,7 @@ def table(rounds: pd.DataFrame, requests: pd.DataFrame) -> pd.DataFrame:
             row["mean_accepted_len_ci95"] = _ci(per_req_len)
             row["accuracy_ci95"] = _wilson(int(rq["correct"].sum()), len(rq))
         rows.append(row)
-    order = {p: i for i, p in enumerate(PROTOCOL_ORDER)}
+    order = {p: i for i, p in enumerate(PROTOCOLS.names())}
     df = pd.DataFrame(rows)
     df = df.sort_values(["run", "protocol"], key=lambda s: s.map(order) if s.name == "protocol" else s,
                         kind="stable").reset_index(drop=True)

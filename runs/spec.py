@@ -5,14 +5,15 @@
     device_traces: null                 # star: one trace file per device (else `trace` for all)
     replay: {start_ms: 0, end_ms: null, time_scale: 1.0}
     link: {backend: auto, queue_packets: 1000}
-    protocols: [vanilla, wisv-full, wisv-selective]
+    protocols: null                     # null: the registry's default comparison (nodes.protocols)
     gamma: 4
     lambda_ms: null
     temperature: 0.0                    # > 0: vanilla samples (rejection sampling)
     hidden_dtype: f16                   # f16, bf16, f32, i8 on the wire
-    profile: {device_ms_per_token: 0}   # emulate a slower device (padding, logged)
+    profile: {device_ms_per_token: 0, edge_base_ms: 0, edge_per_token_ms: 0}  # padding, logged
     models: {drafter: null, target: null}
-    task: {split: test, problems: 20}
+    head_dir: null                      # folder of head-full/head-target.safetensors (null: shipped)
+    task: {split: test, problems: 20, max_new_tokens: 128}
     repetitions: 1
     seed: 0
     sweep: {gamma: [2, 4, 8]}        # a grid over any key; dotted keys reach nested ones (task.problems)
@@ -32,7 +33,11 @@ from typing import Any
 
 import yaml
 
+from nodes.config import ComputeConfig, ModelConfig, RunConfig, TaskConfig
 from nodes.protocols import PROTOCOLS
+from nodes.wire import WIRE_DTYPES
+from topologies.shapers import BACKEND_CHOICES
+from topologies.topo import TOPOLOGIES, Topology, topology_from_spec
 from traces.defaults import DEFAULT_TRACE
 
 REPO = Path(__file__).resolve().parent.parent
@@ -43,14 +48,15 @@ DEFAULTS: dict[str, Any] = {
     "device_traces": None,
     "replay": {"start_ms": 0.0, "end_ms": None, "time_scale": 1.0},
     "link": {"backend": "auto", "queue_packets": 1000},
-    "protocols": ["vanilla", "wisv-full", "wisv-selective"],
+    "protocols": None,
     "gamma": 4,
     "lambda_ms": None,
     "temperature": 0.0,
     "hidden_dtype": "f16",
-    "profile": {"device_ms_per_token": 0.0},
+    "profile": {"device_ms_per_token": 0.0, "edge_base_ms": 0.0, "edge_per_token_ms": 0.0},
     "models": {"drafter": None, "target": None},
-    "task": {"split": "test", "problems": 20},
+    "head_dir": None,
+    "task": {"split": "test", "problems": 20, "max_new_tokens": 128},
     "repetitions": 1,
     "seed": 0,
     "sweep": {},
@@ -58,9 +64,10 @@ DEFAULTS: dict[str, Any] = {
 _TYPES: dict[str, Any] = {
     "name": str, "topology.kind": str, "topology.n_devices": int, "topology.cross_traffic_bps": (float, type(None)),
     "topology.backhaul_rate_bps": (float, type(None)), "temperature": float, "hidden_dtype": str,
-    "profile.device_ms_per_token": float, "trace.file": str, "trace.generate": dict, "replay.start_ms": float,
+    "profile.device_ms_per_token": float, "profile.edge_base_ms": float, "profile.edge_per_token_ms": float,
+    "head_dir": (str, type(None)), "task.max_new_tokens": int, "trace.file": str, "trace.generate": dict, "replay.start_ms": float,
     "replay.end_ms": (float, type(None)), "replay.time_scale": float, "link.backend": str, "link.queue_packets": int,
-    "protocols": list, "gamma": int, "lambda_ms": (float, type(None)), "models.drafter": (str, type(None)),
+    "protocols": (list, type(None)), "gamma": int, "lambda_ms": (float, type(None)), "models.drafter": (str, type(None)),
     "models.target": (str, type(None)), "task.split": str, "task.problems": int, "repetitions": int, "seed": int,
     "sweep": dict, "device_traces": (list, type(None)),
 }
@@ -85,6 +92,28 @@ class RunSpec:
             v = v[part]
         return v
 
+    @property
+    def protocols(self) -> list[str]:
+        """The protocols this run compares."""
+        p = self.values["protocols"]
+        return PROTOCOLS.default_comparison() if p is None else list(p)
+
+    def topology(self) -> Topology:
+        """The emulated topology of this run."""
+        return topology_from_spec(self.values["topology"])
+
+    def run_config(self, rep: int, run_id: str) -> RunConfig:
+        """The one run configuration of repetition ``rep`` (protocol: the first compared; each
+        protocol run replaces it), handed to the simulator and the node processes alike."""
+        v = self.values
+        p, t = v["profile"], v["task"]
+        return RunConfig(run_id=run_id, protocol=self.protocols[0], gamma=v["gamma"], temperature=float(v["temperature"]),
+                         hidden_dtype=v["hidden_dtype"], seed=v["seed"] + rep, lambda_ms=v["lambda_ms"],
+                         head_dir=None if v["head_dir"] is None else str(resolve_path(v["head_dir"], self.source)),
+                         models=ModelConfig(v["models"]["drafter"], v["models"]["target"]),
+                         task=TaskConfig(t["split"], t["problems"], 0, t["max_new_tokens"]),
+                         compute=ComputeConfig(p["device_ms_per_token"], p["edge_base_ms"], p["edge_per_token_ms"]))
+
     def trace_path(self) -> Path:
         """The trace file of this run (generated into a cache file when the spec says so)."""
         t = self.values["trace"]
@@ -101,10 +130,11 @@ class RunSpec:
             if not path.exists():
                 write_trace(from_channel(spec), path)
             return path
-        return _resolve(t["file"], self.source)
+        return resolve_path(t["file"], self.source)
 
 
-def _resolve(p: str, source: str) -> Path:
+def resolve_path(p: str, source: str) -> Path:
+    """A path of a spec: as given when absolute, else beside the spec, in the repository or here."""
     path = Path(p)
     if not path.is_absolute():
         for base in (Path(source).parent if source else None, REPO, Path.cwd()):
@@ -146,7 +176,7 @@ def _check(values: dict, source: str) -> None:
     t = values["trace"]
     if ("file" in t) == ("generate" in t):
         raise SpecError(f"{source}: trace needs exactly one of file or generate")
-    if "file" in t and not _resolve(t["file"], source).exists():
+    if "file" in t and not resolve_path(t["file"], source).exists():
         raise SpecError(f"{source}: trace.file {t['file']!r} not found (looked beside the spec, in the repository "
                         f"and in {Path.cwd()})")
     dt = values["device_traces"]
@@ -155,22 +185,34 @@ def _check(values: dict, source: str) -> None:
         if len(dt) != n:
             raise SpecError(f"{source}: device_traces lists {len(dt)} files for {n} devices")
         for f in dt:
-            if not isinstance(f, str) or not _resolve(f, source).exists():
+            if not isinstance(f, str) or not resolve_path(f, source).exists():
                 raise SpecError(f"{source}: device_traces entry {f!r} not found")
-    bad = [p for p in values["protocols"] if p not in PROTOCOLS]
+    protocols = PROTOCOLS.default_comparison() if values["protocols"] is None else values["protocols"]
+    bad = [p for p in protocols if p not in PROTOCOLS]
     if bad:
-        raise SpecError(f"{source}: unknown protocol(s) {bad}; known: {sorted(PROTOCOLS)}")
-    if values["gamma"] < 1 or values["task"]["problems"] < 1 or values["repetitions"] < 1:
-        raise SpecError(f"{source}: gamma, task.problems and repetitions must be >= 1")
+        raise SpecError(f"{source}: protocols: unknown protocol(s) {bad}; known: {', '.join(PROTOCOLS.names())}")
+    if not protocols:
+        raise SpecError(f"{source}: protocols: an empty list runs nothing; name at least one of "
+                        f"{', '.join(PROTOCOLS.names())} (or leave the key out for the default comparison)")
+    if values["gamma"] < 1 or values["task"]["problems"] < 1 or values["repetitions"] < 1 or \
+            values["task"]["max_new_tokens"] < 1:
+        raise SpecError(f"{source}: gamma, task.problems, task.max_new_tokens and repetitions must be >= 1")
     top = values["topology"]
-    if top["kind"] not in ("device-edge", "star"):
-        raise SpecError(f"{source}: topology.kind must be device-edge or star, not {top['kind']!r}")
-    if top["kind"] == "device-edge" and (top["n_devices"] != 1 or top["cross_traffic_bps"]):
-        raise SpecError(f"{source}: device-edge has one device and no cross traffic; use kind: star")
-    if values["hidden_dtype"] not in ("f16", "bf16", "f32", "i8"):
-        raise SpecError(f"{source}: hidden_dtype must be f16, bf16, f32 or i8")
-    if values["temperature"] > 0 and any(p.startswith("wisv") or p in ("topk", "typical") for p in values["protocols"]):
-        raise SpecError(f"{source}: temperature > 0 is for vanilla (rejection sampling) and ar-edge only")
+    if top["kind"] not in TOPOLOGIES:
+        raise SpecError(f"{source}: topology.kind must be one of {', '.join(TOPOLOGIES)}, not {top['kind']!r}")
+    try:
+        topology_from_spec(top)
+    except ValueError as e:
+        raise SpecError(f"{source}: topology: {e}") from None
+    if values["hidden_dtype"] not in WIRE_DTYPES:
+        raise SpecError(f"{source}: hidden_dtype must be one of {', '.join(WIRE_DTYPES)}")
+    if values["link"]["backend"] not in BACKEND_CHOICES:
+        raise SpecError(f"{source}: link.backend must be one of {', '.join(BACKEND_CHOICES)}")
+    for p in protocols:
+        try:
+            PROTOCOLS[p].check_temperature(values["temperature"])
+        except ValueError as e:
+            raise SpecError(f"{source}: temperature {values['temperature']}: {e}") from None
 
 
 def load_spec(path: str | Path | None = None, overrides: dict | None = None) -> list[RunSpec]:

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import torch
 
+from channel_models.csi import CSI
 from nodes.head import DecisionHead, HeadPolicy, HeadSpec, round_cost_ms
 
 
@@ -74,10 +75,10 @@ def test_head_file_round_trip_and_version(tmp_path):
 def test_csi_cost_threshold_accepts_more_when_rounds_are_expensive():
     spec = HeadSpec("logistic", ["p_draft"], {"p_draft": 1}, decision={"mode": "csi_cost", "lambda_ms": 1000.0})
     policy = HeadPolicy(DecisionHead(spec))
-    cheap = policy.round_threshold({"rtt_ms": 5.0, "rate_up_mbps": 100.0, "rate_down_mbps": 100.0})
-    dear = policy.round_threshold({"rtt_ms": 300.0, "rate_up_mbps": 0.5, "rate_down_mbps": 0.5, "loss_up": 0.2})
+    cheap = policy.round_threshold(CSI(100.0, 100.0, 2.5, 2.5))
+    dear = policy.round_threshold(CSI(0.5, 0.5, 150.0, 150.0, loss_up=0.2))
     assert dear < cheap
-    assert round_cost_ms({"rtt_ms": 20.0}, {}) > 20.0
+    assert round_cost_ms(CSI(delay_up_ms=10.0, delay_down_ms=10.0), {}) > 20.0
 
 
 def test_shipped_head_is_trained_and_channel_aware(pair):
@@ -86,14 +87,14 @@ def test_shipped_head_is_trained_and_channel_aware(pair):
     from nodes.decoding import Drafter, Verifier, VerifyContext
     from nodes.decoding.policies import exact_prefix
     from nodes.evaluate import encode_prompt
-    from nodes.protocols import PROTOCOLS, default_head_path
+    from nodes.protocols import PROTOCOLS, head_file
     from nodes.tasks import ArithTask
 
-    head = DecisionHead.load(default_head_path(PROTOCOLS["wisv-full"]))
+    head = DecisionHead.load(head_file(None, PROTOCOLS["wisv-full"].head))
     assert "trained on" in head.spec.note and "csi" in head.spec.features
     d, v = Drafter(pair.drafter), Verifier(pair.target)
-    good = {"snr_db": 20.0, "rate_up_mbps": 80.0, "rate_down_mbps": 80.0, "rtt_ms": 4.0}
-    bad = {"snr_db": -5.0, "rate_up_mbps": 0.5, "rate_down_mbps": 1.0, "rtt_ms": 250.0}
+    good = CSI(80.0, 80.0, 2.0, 2.0, snr_db=20.0)
+    bad = CSI(0.5, 1.0, 125.0, 125.0, snr_db=-5.0)
     p_good, p_bad = [], []
     for prob in ArithTask().problems("validation", 6):
         seq = encode_prompt(pair, prob)
@@ -117,9 +118,11 @@ def test_shipped_head_is_trained_and_channel_aware(pair):
 
 
 def test_wisv_full_accepts_more_than_vanilla_without_losing_accuracy(pair):
-    from nodes.sweep import simulate
+    from nodes.config import RunConfig, TaskConfig
+    from runs.simulate import simulate
     from traces.synthetic import step_trace
 
-    res = simulate(pair, step_trace(100.0, 5.0, [10e6], [20.0], [0.0]), ["vanilla", "wisv-full"], 12)
+    res = simulate(pair, step_trace(100.0, 5.0, [10e6], [20.0], [0.0]), RunConfig(task=TaskConfig(problems=12)),
+                   ["vanilla", "wisv-full"])
     assert res["wisv-full"].mean_accepted_len > 1.05 * res["vanilla"].mean_accepted_len
     assert res["wisv-full"].accuracy >= res["vanilla"].accuracy - 1 / 12

@@ -16,7 +16,7 @@ import pytest
 import zmq
 
 from nodes import wire
-from nodes.wire import (Bye, Draft, Error, Hello, HelloAck, HiddenRequest, HiddenUpload, Result, Start, Verdict,
+from nodes.wire import (Bye, Draft, Error, Hello, HelloAck, HiddenRequest, HiddenUpload, Result, Start, StartAck, Verdict,
                         WireError, decode, encode, encoded_size)
 
 REPO = Path(__file__).resolve().parent.parent
@@ -29,7 +29,7 @@ def test_every_message_round_trips():
     msgs = [Hello("d1", "vanilla", 4), HelloAck(1, 32, 192), Start("r", [1, 2, 3], 64),
             Draft("r", 0, [5, 6, 7], {"snr_db": 3.5}, hidden=h, probs=np.full((3, 5), 0.2, np.float32)),
             HiddenRequest("r", 0, [1, 2]), HiddenUpload("r", 0, [1, 2], hidden=h[:2]),
-            Verdict("r", 0, 2, 9, 1, 1, 1, 2.5, True), Result("r", [4, 5], 3.0), Error("malformed", "x"), Bye()]
+            Verdict("r", 0, 2, 9, 1, 1, 1, 2.5, True), StartAck("r"), Result("r", [4, 5], 3.0), Error("malformed", "x"), Bye()]
     for m in msgs:
         back = decode(encode(m))
         assert type(back) is type(m)
@@ -113,11 +113,12 @@ def edge_proc():
 
 
 def _client(pair, endpoint, protocol="vanilla", log=None, **kw):
-    from nodes.device import DeviceClient, DeviceConfig
+    from nodes.config import RunConfig
+    from nodes.device import DeviceClient
     from nodes.telemetry import RoundLogger
 
-    cfg = DeviceConfig(protocol=protocol, timeout_ms=kw.pop("timeout_ms", 5000), **kw)
-    c = DeviceClient(pair.drafter, endpoint, cfg, pair.eos_token_id, RoundLogger(log) if log else None)
+    cfg = RunConfig(protocol=protocol, timeout_ms=kw.pop("timeout_ms", 5000), **kw)
+    c = DeviceClient.connect(pair.drafter, endpoint, cfg, pair.eos_token_id, round_logger=RoundLogger(log) if log else None)
     c.hello()
     return c
 
@@ -143,8 +144,10 @@ def test_greedy_vanilla_over_zmq_equals_target_greedy(pair, edge_proc, tmp_path)
     lines = [json.loads(x) for x in open(tmp_path / "rounds.jsonl")]
     assert len(lines) == n_rounds
     need = {"run_id", "protocol", "round", "drafted", "accepted", "accepted_exact", "first_mismatch", "harmless",
-            "up_bytes", "down_bytes", "round_trips", "draft_ms", "verify_ms", "link_ms", "t_start", "t_end", "csi"}
+            "up_bytes", "down_bytes", "round_trips", "draft_ms", "verify_ms", "link_ms", "t_start", "t_end",
+            "csi_rate_up_mbps", "csi_delay_up_ms", "csi_snr_db"}
     assert need <= set(lines[0])
+    assert not any(isinstance(v, dict) for v in lines[0].values())  # flat columns, as in the Parquet tables
 
 
 def test_wisv_protocols_end_to_end(pair, edge_proc):
@@ -233,9 +236,10 @@ def test_device_vanishing_mid_round_leaves_edge_serving(pair, edge_proc):
 
 
 def test_unreachable_edge_fails_the_request_without_hanging(pair):
-    from nodes.device import DeviceClient, DeviceConfig
+    from nodes.config import RunConfig
+    from nodes.device import DeviceClient
 
-    c = DeviceClient(pair.drafter, "tcp://127.0.0.1:1", DeviceConfig(timeout_ms=150, retries=2), pair.eos_token_id)
+    c = DeviceClient.connect(pair.drafter, "tcp://127.0.0.1:1", RunConfig(timeout_ms=150, retries=2), pair.eos_token_id)
     t0 = time.monotonic()
     res = c.run(_prompts(pair, 1)[0], 32)
     assert not res.ok and "no reply" in res.error
@@ -244,19 +248,20 @@ def test_unreachable_edge_fails_the_request_without_hanging(pair):
 
 
 def test_token_required_when_configured(pair):
-    from nodes.device import DeviceClient, DeviceConfig, EdgeError
+    from nodes.config import RunConfig
+    from nodes.device import DeviceClient, EdgeError
     from nodes.edge import EdgeServer
 
     server = EdgeServer(pair.target, pair.eos_token_id, "tcp://127.0.0.1:*", token="s3cret")
     t = threading.Thread(target=server.serve, kwargs={"poll_ms": 20}, daemon=True)
     t.start()
     try:
-        c = DeviceClient(pair.drafter, server.endpoint, DeviceConfig(timeout_ms=2000), pair.eos_token_id)
+        c = DeviceClient.connect(pair.drafter, server.endpoint, RunConfig(timeout_ms=2000), pair.eos_token_id)
         with pytest.raises(EdgeError) as e:
             c.hello()
         assert e.value.code == "unauthenticated"
         c.close()
-        ok = DeviceClient(pair.drafter, server.endpoint, DeviceConfig(token="s3cret"), pair.eos_token_id)
+        ok = DeviceClient.connect(pair.drafter, server.endpoint, RunConfig(), pair.eos_token_id, token="s3cret")
         ok.hello()
         assert ok.run(_prompts(pair, 1)[0], 32).ok
         ok.close()
@@ -276,19 +281,20 @@ def _edge_thread(pair, **kw):
 
 
 def test_curve_encryption(pair):
-    from nodes.device import DeviceClient, DeviceConfig
+    from nodes.config import RunConfig
+    from nodes.device import DeviceClient
 
     public, secret = zmq.curve_keypair()
     server, t = _edge_thread(pair, curve_secret_key=secret)
     try:
         cp, cs = zmq.curve_keypair()
-        c = DeviceClient(pair.drafter, server.endpoint, DeviceConfig(), pair.eos_token_id, curve_keys=(public, cp, cs))
+        c = DeviceClient.connect(pair.drafter, server.endpoint, RunConfig(), pair.eos_token_id, curve_keys=(public, cp, cs))
         c.hello()
         assert c.run(_prompts(pair, 1)[0], 32).ok
         c.close()
         wrong_public, _ = zmq.curve_keypair()  # a device that trusts another server key never talks to this edge
-        bad = DeviceClient(pair.drafter, server.endpoint, DeviceConfig(timeout_ms=200, retries=1), pair.eos_token_id,
-                           curve_keys=(wrong_public, cp, cs))
+        bad = DeviceClient.connect(pair.drafter, server.endpoint, RunConfig(timeout_ms=200, retries=1),
+                                   pair.eos_token_id, curve_keys=(wrong_public, cp, cs))
         assert not bad.run(_prompts(pair, 1)[0], 8).ok
         bad.close()
     finally:
@@ -298,13 +304,14 @@ def test_curve_encryption(pair):
 
 
 def test_compute_profiles_pad_and_log(pair):
-    from nodes.device import DeviceClient, DeviceConfig
+    from nodes.config import ComputeConfig, RunConfig
+    from nodes.device import DeviceClient
     from nodes.profiles import ComputeProfile
 
     server, t = _edge_thread(pair, profile=ComputeProfile(base_ms=20.0, per_token_ms=5.0))
     try:
-        c = DeviceClient(pair.drafter, server.endpoint, DeviceConfig(gamma=4, profile=ComputeProfile(0.0, 10.0)),
-                         pair.eos_token_id)
+        c = DeviceClient.connect(pair.drafter, server.endpoint,
+                                 RunConfig(gamma=4, compute=ComputeConfig(device_ms_per_token=10.0)), pair.eos_token_id)
         c.hello()
         res = c.run(_prompts(pair, 1)[0], 16)
         c.close()
@@ -320,9 +327,10 @@ def test_compute_profiles_pad_and_log(pair):
 
 def test_request_survives_an_edge_stall(pair, edge_proc):
     """A stall longer than one timeout (a deep fade) costs retries, not the request."""
-    from nodes.device import DeviceClient, DeviceConfig
+    from nodes.config import RunConfig
+    from nodes.device import DeviceClient
 
-    c = DeviceClient(pair.drafter, edge_proc.endpoint, DeviceConfig(timeout_ms=300, retries=5), pair.eos_token_id)
+    c = DeviceClient.connect(pair.drafter, edge_proc.endpoint, RunConfig(timeout_ms=300, retries=5), pair.eos_token_id)
     c.hello()
     # The edge's process is another test's fixture: stall it by pausing it for 0.7 s mid-request.
     pid = edge_proc.pid
@@ -339,14 +347,15 @@ def test_request_survives_an_edge_stall(pair, edge_proc):
 
 
 def test_session_limit_and_restarted_edge(pair):
-    from nodes.device import DeviceClient, DeviceConfig, EdgeError
+    from nodes.config import RunConfig
+    from nodes.device import DeviceClient, EdgeError
     from nodes.edge import EdgeLimits
 
     server, t = _edge_thread(pair, limits=EdgeLimits(max_sessions=1))
     try:
-        a = DeviceClient(pair.drafter, server.endpoint, DeviceConfig(), pair.eos_token_id)
+        a = DeviceClient.connect(pair.drafter, server.endpoint, RunConfig(), pair.eos_token_id)
         a.hello()
-        b = DeviceClient(pair.drafter, server.endpoint, DeviceConfig(), pair.eos_token_id)
+        b = DeviceClient.connect(pair.drafter, server.endpoint, RunConfig(), pair.eos_token_id)
         with pytest.raises(EdgeError) as e:
             b.hello()
         assert e.value.code == "too_many_sessions"

@@ -11,15 +11,17 @@ pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="emulation needs root"
 
 
 def test_emulated_run_of_two_protocols(tmp_path):
-    from runs.emulated import EmulatedSpec, run_emulated
+    from nodes.config import RunConfig, TaskConfig
+    from runs.emulated import EmulationSetup, run_emulated
     from topologies.probe import probe_backends
     from traces.synthetic import step_trace
     from traces.format import write_trace
 
-    if not (probe_backends().netem or probe_backends().nfqueue):
+    if not any(probe_backends().reasons[b] is None for b in probe_backends().reasons):
         pytest.skip("no shaping backend")
     trace = write_trace(step_trace(100.0, 10.0, [5e6, 20e6], [15.0], [0.0], seed=3), tmp_path / "t.csv")
-    res = run_emulated(EmulatedSpec(trace, ("vanilla", "wisv-selective"), problems=3), tmp_path / "run")
+    res = run_emulated(RunConfig(run_id="t", task=TaskConfig(problems=3)), ["vanilla", "wisv-selective"],
+                       EmulationSetup(trace), tmp_path / "run")
     run = tmp_path / "run"
     assert json.loads((run / "status.json").read_text())["status"] == "done"
     for p in ("vanilla", "wisv-selective"):
@@ -28,7 +30,7 @@ def test_emulated_run_of_two_protocols(tmp_path):
         assert len(rounds) == res[p].rounds
         # every round crossed the emulated link: at least both one-way delays of 15 ms
         assert all(r["link_ms"] >= 29.0 for r in rounds), min(r["link_ms"] for r in rounds)
-        assert all(r["csi"]["rtt_ms"] == 30.0 and r["csi"]["rate_up_mbps"] in (5.0, 20.0) for r in rounds)
+        assert all(r["csi_rtt_ms"] == 30.0 and r["csi_rate_up_mbps"] in (5.0, 20.0) for r in rounds)
         assert (run / f"link-steps-{p}.csv").exists()
     # nothing of the run is left behind
     assert "mininet:" not in subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True).stdout
@@ -39,7 +41,8 @@ def test_killed_device_fails_the_run_keeps_rounds_and_leaves_nothing(tmp_path):
     import threading
     import time
 
-    from runs.emulated import EmulatedSpec, RunFailed, run_emulated
+    from nodes.config import RunConfig, TaskConfig
+    from runs.emulated import EmulationSetup, RunFailed, run_emulated
     from topologies.net import REGISTRY_DIR
     from traces.format import write_trace
     from traces.synthetic import step_trace
@@ -60,7 +63,8 @@ def test_killed_device_fails_the_run_keeps_rounds_and_leaves_nothing(tmp_path):
         threading.Thread(target=watch, daemon=True).start()
 
     with pytest.raises(RunFailed, match="device exited"):
-        run_emulated(EmulatedSpec(trace, ("vanilla",), problems=20), run, on_device_start=kill_after_rounds)
+        run_emulated(RunConfig(task=TaskConfig(problems=20)), ["vanilla"], EmulationSetup(trace), run,
+                     on_device_start=kill_after_rounds)
     assert json.loads((run / "status.json").read_text())["status"] == "failed"
     rounds = [json.loads(x) for x in open(run / "rounds-vanilla.jsonl")]
     assert len(rounds) >= 5 and all(r["wire_up_bytes"] > 0 for r in rounds)
@@ -100,6 +104,7 @@ def test_star_experiment_two_devices_with_cross_traffic(tmp_path):
     import pandas as pd
 
     rounds = pd.read_parquet(tmp_path / "rounds.parquet")
-    assert rounds["device_id"].nunique() == 4  # two device processes per protocol
+    # two device processes per protocol, named by index: the same ids for every protocol
+    assert rounds.groupby("protocol")["device_id"].agg(set).map(sorted).tolist() == [["dev0", "dev1"]] * 2
     assert set(pd.read_parquet(tmp_path / "requests.parquet")["protocol"]) == {"vanilla", "wisv-full"}
     assert (rounds["csi_rtt_ms"] == 80.0).any() and (rounds["csi_rtt_ms"] < 80.0).any()  # each device its own trace

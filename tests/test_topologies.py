@@ -28,17 +28,17 @@ def support():
     from topologies.probe import probe_backends
 
     s = probe_backends()
-    if not (s.netem or s.nfqueue):
+    if not any(s.available(b) for b in s.reasons):
         pytest.skip(f"no shaping backend here: {s.reasons}")
     return s
 
 
 def backends(support):
-    return [b for b in ("netem", "nfqueue") if getattr(support, b)]
+    return [b for b in support.reasons if support.available(b)]
 
 
 def _check(support, backend, trace, tmp_path, duration_s=6.0, probe_pps=500.0):
-    if not getattr(support, backend):
+    if not support.available(backend):
         pytest.skip(f"{backend} backend not available on this kernel: {support.reasons.get(backend)}")
     from topologies.linkcheck import run_link_check
 

@@ -6,6 +6,8 @@ import json
 import sys
 from pathlib import Path
 
+from topologies.shapers import BACKEND_CHOICES
+
 
 def cmd_check(a: argparse.Namespace) -> int:
     from topologies.linkcheck import run_link_check
@@ -43,7 +45,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     ls = p.add_subparsers(dest="link_cmd", required=True)
     c = ls.add_parser("check", help="replay a trace on DeviceEdge and measure the link against it (root)")
     c.add_argument("--trace", required=True)
-    c.add_argument("--backend", choices=["auto", "netem", "nfqueue"], default="auto")
+    c.add_argument("--backend", choices=BACKEND_CHOICES, default="auto")
     c.add_argument("--duration", type=float, default=10.0, help="seconds")
     c.add_argument("--seed", type=int, default=0)
     c.add_argument("--queue-packets", type=int, default=1000)

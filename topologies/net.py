@@ -16,19 +16,14 @@ import tempfile
 import uuid
 from pathlib import Path
 
-from topologies.probe import probe_backends
-from topologies.shapers import BACKENDS, LinkEnd, LinkShaper, QueueLimit, host_cmd
+from topologies.probe import probe_backends, stale_probe_namespaces
+from topologies.shapers import BACKENDS, LinkEnd, LinkShaper, QueueLimit, install_shared_root
 from topologies.tcbatch import TcBatch
-from topologies.topo import DeviceEdge, Star
+from topologies.topo import EDGE_IP, DeviceEdge, Topology, device_ip
 
 log = logging.getLogger(__name__)
 REGISTRY_DIR = Path(os.environ.get("WISV_REGISTRY_DIR", "/run/wisv"))
-EDGE_IP = "10.0.0.254"
-
-
-def device_ip(k: int) -> str:
-    """Address of device ``k`` (0-based)."""
-    return f"10.0.0.{k + 1}"
+__all__ = ["EDGE_IP", "EmulatedNetwork", "cleanup_stale", "device_ip"]
 
 
 def _pid_alive(pid: int) -> bool:
@@ -45,9 +40,10 @@ def cleanup_stale(registry_dir: Path = REGISTRY_DIR) -> list[str]:
     """Remove what runs whose owner process is dead left in the root namespace; returns what
     was removed. Touches only entries those runs registered."""
     removed: list[str] = []
-    if not registry_dir.is_dir():
-        return removed
-    for entry in registry_dir.glob("net-*.json"):
+    for ns in stale_probe_namespaces():
+        if subprocess.run(["ip", "netns", "del", ns], capture_output=True).returncode == 0:
+            removed.append(f"namespace {ns}")
+    for entry in (registry_dir.glob("net-*.json") if registry_dir.is_dir() else []):
         try:
             rec = json.loads(entry.read_text())
         except (OSError, json.JSONDecodeError):
@@ -77,7 +73,7 @@ class EmulatedNetwork:
     """A running emulated topology: ``devices`` (Mininet hosts), ``edge``, and per device
     ``links[k]['up'|'down']`` (:class:`LinkShaper`). Use as a context manager."""
 
-    def __init__(self, topo: DeviceEdge | Star = DeviceEdge(), backend: str = "auto",
+    def __init__(self, topo: Topology = DeviceEdge(), backend: str = "auto",
                  queue: QueueLimit = QueueLimit(), seed: int = 0, run_dir: Path | None = None,
                  initial: tuple[float, float, float] = (10e6, 10.0, 0.0)):
         self.topo, self.queue, self.seed, self.initial = topo, queue, seed, initial
@@ -110,28 +106,13 @@ class EmulatedNetwork:
         """Build hosts and links, turn offloads off, install the shapers."""
         from mininet.log import setLogLevel
         from mininet.net import Mininet
-        from mininet.node import Host
 
         setLogLevel("error")
         cleanup_stale()
         self.net = Mininet(topo=None, build=False, controller=None, autoSetMacs=False, waitConnected=False)
-        t = self.tag
-        n = self.topo.n_devices
-        self.edge = self.net.addHost(f"e{t}", cls=Host, ip=f"{EDGE_IP}/24")
-        self.devices = [self.net.addHost(f"d{t}{k}", cls=Host, ip=f"{device_ip(k)}/24") for k in range(n)]
-        if isinstance(self.topo, Star):
-            from mininet.nodelib import LinuxBridge
-
-            ap = self.net.addSwitch(f"ap{t}", cls=LinuxBridge, stp=False)
-            self._root_ifaces.append(f"ap{t}")
-            for d in self.devices:
-                self.net.addLink(d, ap)
-            self.net.addLink(self.edge, ap)
-            if self.topo.cross_traffic is not None:
-                self.cross = self.net.addHost(f"x{t}", cls=Host, ip="10.0.0.200/24")
-                self.net.addLink(self.cross, ap)
-        else:
-            self.net.addLink(self.devices[0], self.edge)
+        built = self.topo.build(self.net, self.tag)
+        self.edge, self.devices, self.cross = built.edge, built.devices, built.cross
+        self._root_ifaces += built.root_ifaces
         self._write_registry()
         self.net.build()
         self.net.start()
@@ -140,15 +121,16 @@ class EmulatedNetwork:
             for intf in h.intfList():
                 if intf.name != "lo":
                     h.cmd(f"ethtool -K {intf.name} tso off gso off gro off 2>/dev/null")
-        if isinstance(self.topo, Star):
-            for intf in self.net.switches[0].intfList():
+        for sw in self.net.switches:  # bridges live in the root namespace
+            for intf in sw.intfList():
                 if intf.name != "lo":
                     subprocess.run(["ethtool", "-K", intf.name, "tso", "off", "gso", "off", "gro", "off"],
                                    capture_output=True)
         self._install_shapers()
-        if isinstance(self.topo, Star) and self.topo.cross_traffic is not None:
+        self.topo.shape_backhaul(self.net, built, self.queue.tc_leaf())
+        if self.topo.cross_traffic is not None:
             self._start_cross_traffic()
-        log.info("network %s up: %s, backend %s, run dir %s", t, self.topo.name, self.backend, self.run_dir)
+        log.info("network %s up: %s, backend %s, run dir %s", self.tag, self.topo.kind, self.backend, self.run_dir)
         return self
 
     def _batch(self, host) -> TcBatch:
@@ -159,10 +141,9 @@ class EmulatedNetwork:
     def _install_shapers(self) -> None:
         cls = BACKENDS[self.backend]
         edge_if = self.edge.intfList()[0].name
-        shared = isinstance(self.topo, Star)
+        shared = self.topo.shared_edge_egress
         if shared:  # one root HTB on the edge's shared egress; a class per device, by destination
-            host_cmd(self.edge, f"tc qdisc replace dev {edge_if} root handle 1: htb default 99")
-            host_cmd(self.edge, f"tc class replace dev {edge_if} parent 1: classid 1:99 htb rate 10gbit quantum 1514")
+            install_shared_root(self.edge, edge_if)
         for k, dev in enumerate(self.devices):
             dev_if = dev.intfList()[0].name
             up = cls(LinkEnd(dev, dev_if), LinkEnd(self.edge, edge_if), self._batch(dev), self.queue,
@@ -174,13 +155,6 @@ class EmulatedNetwork:
             up.setup(*self.initial)
             down.setup(*self.initial)
             self.links.append({"up": up, "down": down})
-        if isinstance(self.topo, Star) and self.topo.backhaul_rate_bps:
-            port = [i.name for i in self.net.switches[0].intfList() if i.link and self.edge in (i.link.intf1.node, i.link.intf2.node)][0]
-            rate = int(self.topo.backhaul_rate_bps)
-            for cmd in (f"tc qdisc replace dev {port} root handle 1: htb default 1",
-                        f"tc class replace dev {port} parent 1: classid 1:1 htb rate {rate}bit ceil {rate}bit quantum 1514",
-                        f"tc qdisc replace dev {port} parent 1:1 handle 10: {self.queue.tc_leaf()}"):
-                subprocess.run(cmd.split(), check=True, capture_output=True)
 
     def _start_cross_traffic(self) -> None:
         """UDP from the cross-traffic host to the edge at the configured rate, until stop()."""

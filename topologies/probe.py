@@ -1,73 +1,73 @@
-"""Start-up probe: which shaping backends this kernel supports (netem? NFQUEUE?), tried in a
-throwaway network namespace that is always removed."""
+"""Start-up probe: which shaping backends this kernel supports, each asked through its own
+:meth:`~topologies.shapers.LinkShaper.probe` in a throwaway network namespace that is always
+removed; its name carries the probing process's pid, so the namespace of a probe killed half-way
+is removed by the next run's cleanup (:func:`stale_probe_namespaces`)."""
 from __future__ import annotations
 
 import functools
 import logging
 import os
-import subprocess
 import uuid
 from dataclasses import dataclass
 
+from topologies.shapers import BACKENDS, _run
+
 log = logging.getLogger(__name__)
+PROBE_PREFIX = "wisvprobe-"
 
 
 @dataclass(frozen=True)
 class BackendSupport:
-    """Probe results; ``reasons`` says why a backend is missing."""
+    """Probe results: per backend, None when it works, else the reason it does not."""
 
-    netem: bool
-    nfqueue: bool
-    reasons: dict[str, str]
+    reasons: dict[str, str | None]
+
+    def available(self, backend: str) -> bool:
+        """True when ``backend`` works here."""
+        return self.reasons.get(backend, "unknown backend") is None
 
     def choose(self, requested: str = "auto") -> str:
-        """The backend to use: ``requested``, or netem when present, else nfqueue (auto)."""
+        """The backend to use: ``requested``, or the first that works, in :data:`BACKENDS` order."""
         if requested == "auto":
-            if self.netem:
-                return "netem"
-            if self.nfqueue:
-                return "nfqueue"
+            for name in BACKENDS:
+                if self.available(name):
+                    return name
             raise RuntimeError(f"no link-shaping backend works here: {self.reasons}")
-        if requested not in ("netem", "nfqueue"):
-            raise ValueError(f"unknown backend {requested!r}: use auto, netem or nfqueue")
-        if not getattr(self, requested):
+        if requested not in BACKENDS:
+            raise ValueError(f"unknown backend {requested!r}: use auto, {', '.join(BACKENDS)}")
+        if not self.available(requested):
             raise RuntimeError(f"backend {requested} is not available: {self.reasons.get(requested)}")
         return requested
-
-
-def _run(*cmd: str) -> subprocess.CompletedProcess:
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=20)
 
 
 @functools.lru_cache(maxsize=1)
 def probe_backends() -> BackendSupport:
     """Probe once per process (needs root); see the module docstring."""
-    reasons: dict[str, str] = {}
     if os.geteuid() != 0:
-        return BackendSupport(False, False, {"netem": "not root", "nfqueue": "not root"})
-    ns = f"wisvprobe-{uuid.uuid4().hex[:8]}"
-    netem = nfq = False
+        return BackendSupport({name: "not root" for name in BACKENDS})
+    ns = f"{PROBE_PREFIX}{os.getpid()}-{uuid.uuid4().hex[:4]}"
     try:
         r = _run("ip", "netns", "add", ns)
         if r.returncode:
-            reasons["netem"] = reasons["nfqueue"] = f"ip netns add failed: {r.stderr.strip()}"
-            return BackendSupport(False, False, reasons)
-        _run("ip", "-n", ns, "link", "add", "pa", "type", "veth", "peer", "name", "pb")
+            return BackendSupport({name: f"ip netns add failed: {r.stderr.strip()}" for name in BACKENDS})
+        _run("ip", "-n", ns, "link", "add", "pa", "type", "veth", "peer", "name", "pa-peer")
         _run("ip", "-n", ns, "link", "set", "pa", "up")
-        r = _run("tc", "-n", ns, "qdisc", "add", "dev", "pa", "root", "netem", "delay", "1ms")
-        netem = r.returncode == 0
-        if not netem:
-            reasons["netem"] = r.stderr.strip() or "tc netem failed"
-        try:
-            import netfilterqueue  # noqa: F401
-            r = _run("ip", "netns", "exec", ns, "iptables", "-t", "mangle", "-A", "PREROUTING", "-i", "pb",
-                     "-j", "NFQUEUE", "--queue-num", "7")
-            nfq = r.returncode == 0
-            if not nfq:
-                reasons["nfqueue"] = r.stderr.strip() or "iptables NFQUEUE failed"
-        except ImportError as e:
-            reasons["nfqueue"] = f"python NetfilterQueue missing: {e}"
+        reasons = {name: cls.probe(ns, "pa") for name, cls in BACKENDS.items()}
     finally:
         _run("ip", "netns", "del", ns)
-    log.info("link backends: netem=%s nfqueue=%s %s", netem, nfq, reasons or "")
-    return BackendSupport(netem, nfq, reasons)
+    log.info("link backends: %s", {k: v or "ok" for k, v in reasons.items()})
+    return BackendSupport(reasons)
+
+
+def stale_probe_namespaces() -> list[str]:
+    """Probe namespaces whose probing process is gone."""
+    r = _run("ip", "netns", "list")
+    out = []
+    for line in r.stdout.splitlines():
+        name = line.split()[0] if line.split() else ""
+        if not name.startswith(PROBE_PREFIX):
+            continue
+        pid = name[len(PROBE_PREFIX):].split("-")[0]
+        if not pid.isdigit() or not os.path.exists(f"/proc/{pid}"):
+            out.append(name)
+    return out

@@ -4,8 +4,7 @@ Step i is due at ``start + t_ms[i]``; the replayer sleeps until then, applies bo
 (rate through the persistent tc batch, delay/loss through the netem change or the delay
 element's control line) and logs when it was due, when it was applied and how long that took.
 A step whose successor is already due when its turn comes is *missed* (skipped, counted, never
-applied late out of order). ``on_step`` callbacks (e.g. the device's CSI report) see each
-applied row. Looping, slicing and time-scaling use ``traces.ops``.
+applied late out of order). Looping, slicing and time-scaling use ``traces.ops``.
 """
 from __future__ import annotations
 
@@ -13,7 +12,6 @@ import logging
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Callable
 
 import numpy as np
 import pandas as pd
@@ -66,13 +64,11 @@ class TraceReplayer:
     """Drives ``links`` (a list of ``{'up': shaper, 'down': shaper}``, one per device, each with
     its own trace) from ``traces`` on a background thread."""
 
-    def __init__(self, links: list[dict], traces: list[Trace], opts: ReplayOptions = ReplayOptions(),
-                 on_step: Callable[[int, dict], None] | None = None):
+    def __init__(self, links: list[dict], traces: list[Trace], opts: ReplayOptions = ReplayOptions()):
         if len(links) != len(traces):
             raise ValueError("one trace per device link is needed")
         self.links = links
         self.traces = [prepare(t, opts) for t in traces]
-        self.on_step = on_step
         self.log = StepLog()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -95,24 +91,20 @@ class TraceReplayer:
             last[k] = j
         self._cols = [{c: t.data[c].to_numpy(dtype=float) for c in t.data.columns} for t in self.traces]
 
-    @property
-    def duration_s(self) -> float:
-        """Length of the (prepared) replay in seconds."""
-        return max(t.duration_ms for t in self.traces) / 1000.0
-
-    def row(self, k: int, i: int) -> dict:
-        """Row ``i`` of device ``k``'s trace as a dict."""
-        return {c: float(v[i]) for c, v in self._cols[k].items()}
-
     def apply(self, k: int, i: int) -> None:
         """Apply row ``i`` of device ``k`` to both directions."""
         c = self._cols[k]
         self.links[k]["up"].set(c["rate_bps_up"][i], c["delay_ms_up"][i], c["loss_up"][i])
         self.links[k]["down"].set(c["rate_bps_down"][i], c["delay_ms_down"][i], c["loss_down"][i])
 
+    def apply_first(self) -> None:
+        """Apply every device's first row now (the links' state before the replay starts)."""
+        for k in range(len(self.traces)):
+            self.apply(k, 0)
+
     def start(self, start_time: float | None = None) -> "TraceReplayer":
-        """Apply the first rows now and replay the rest on a thread; ``start_time`` is the
-        monotonic second the trace's t=0 maps to (default: now)."""
+        """Replay on a thread: each step is applied when it falls due, the first rows at once;
+        ``start_time`` is the monotonic second the trace's t=0 maps to (default: now)."""
         self.start_time = time.monotonic() if start_time is None else start_time
         self._thread = threading.Thread(target=self._run, name="trace-replayer", daemon=True)
         self._thread.start()
@@ -142,8 +134,6 @@ class TraceReplayer:
                                               f"{c}": float(self._cols[k][c][i]) for c in
                                               ("rate_bps_up", "delay_ms_up", "loss_up", "rate_bps_down",
                                                "delay_ms_down", "loss_down")}})
-                    if self.on_step is not None:
-                        self.on_step(k, self.row(k, i))
                 j += 1
         except BaseException as e:  # surfaced by join()
             self.error = e

@@ -14,7 +14,7 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from pathlib import Path
 
-from topologies.counters import read_counters
+from nodes.netdev import read_counters
 from topologies.tcbatch import TcBatch
 
 log = logging.getLogger(__name__)
@@ -61,6 +61,17 @@ def htb_words(rate_bps: float) -> str:
     return f"htb rate {rate}bit ceil {rate}bit burst {burst} cburst {burst} quantum 1514"
 
 
+def install_shared_root(host, dev: str) -> None:
+    """The root HTB of an egress that several shaped links share (a class per destination is
+    added by each :class:`LinkShaper` with ``match_dst``); unmatched traffic goes unshaped."""
+    host_cmd(host, f"tc qdisc replace dev {dev} root handle 1: htb default 99")
+    host_cmd(host, f"tc class replace dev {dev} parent 1: classid 1:99 htb rate 10gbit quantum 1514")
+
+
+def _run(*cmd: str) -> subprocess.CompletedProcess:
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=20)
+
+
 def host_cmd(host, cmd: str) -> str:
     """Run ``cmd`` in ``host``; RuntimeError with its output when it fails."""
     out = host.cmd(cmd + " ; echo __rc=$?")
@@ -71,9 +82,16 @@ def host_cmd(host, cmd: str) -> str:
 
 
 class LinkShaper(ABC):
-    """One direction ``sender → receiver`` of a link."""
+    """One direction ``sender → receiver`` of a link. Each backend says whether this kernel
+    supports it (:meth:`probe`, run in a throwaway namespace by :mod:`topologies.probe`)."""
 
     backend = "base"
+
+    @classmethod
+    @abstractmethod
+    def probe(cls, netns: str, ifname: str) -> str | None:
+        """None when the backend works in network namespace ``netns`` (on veth ``ifname``,
+        whose peer is ``<ifname>-peer``); otherwise the reason it does not."""
 
     def __init__(self, sender: LinkEnd, receiver: LinkEnd, batch: TcBatch, queue: QueueLimit = QueueLimit(),
                  seed: int = 0, log_dir: Path | None = None, match_src: str | None = None,
@@ -139,6 +157,11 @@ class NetemShaper(LinkShaper):
 
     backend = "netem"
 
+    @classmethod
+    def probe(cls, netns: str, ifname: str) -> str | None:
+        r = _run("tc", "-n", netns, "qdisc", "add", "dev", ifname, "root", "netem", "delay", "1ms")
+        return None if r.returncode == 0 else (r.stderr.strip() or "tc netem failed")
+
     def _netem(self, delay_ms: float, loss: float) -> str:
         return f"netem delay {delay_ms:.3f}ms loss {loss * 100:.4f}% limit {self.queue.netem_limit}"
 
@@ -156,6 +179,16 @@ class NfqueueShaper(LinkShaper):
     (for kernels without netem; never on the sender, where TCP small queues would collapse)."""
 
     backend = "nfqueue"
+
+    @classmethod
+    def probe(cls, netns: str, ifname: str) -> str | None:
+        try:
+            import netfilterqueue  # noqa: F401
+        except ImportError as e:
+            return f"python NetfilterQueue missing: {e}"
+        r = _run("ip", "netns", "exec", netns, "iptables", "-t", "mangle", "-A", "PREROUTING", "-i", f"{ifname}-peer",
+                 "-j", "NFQUEUE", "--queue-num", "7")
+        return None if r.returncode == 0 else (r.stderr.strip() or "iptables NFQUEUE failed")
 
     def __init__(self, *a, **kw):
         super().__init__(*a, **kw)
@@ -214,4 +247,5 @@ class NfqueueShaper(LinkShaper):
         super().teardown()
 
 
-BACKENDS = {"netem": NetemShaper, "nfqueue": NfqueueShaper}
+BACKENDS: dict[str, type[LinkShaper]] = {c.backend: c for c in (NetemShaper, NfqueueShaper)}  # in order of preference
+BACKEND_CHOICES = ("auto", *BACKENDS)

@@ -14,7 +14,6 @@ class TcBatch:
         self._log = open(log_path, "ab")
         self.proc = host.popen(["tc", "-force", "-batch", "-"], stdin=subprocess.PIPE,
                                stdout=subprocess.DEVNULL, stderr=self._log)
-        self.lines = 0
 
     def send(self, line: str) -> None:
         """Queue one command; returns once written (tc applies it within microseconds)."""
@@ -22,7 +21,6 @@ class TcBatch:
             raise RuntimeError(f"tc batch exited ({self.proc.returncode}); see {self.log_path}")
         self.proc.stdin.write((line + "\n").encode())
         self.proc.stdin.flush()
-        self.lines += 1
 
     def close(self) -> None:
         """End the batch process."""

@@ -20,10 +20,10 @@ def build_parser() -> argparse.ArgumentParser:
     trace_cli.register(sub)
     models_cli.register(sub)
     models_cli.register_node(sub)
-    models_cli.register_simulate(sub)
-    models_cli.register_head(sub)
+    head_commands = models_cli.register_head(sub)
     link_cli.register(sub)
     run_cli.register(sub)
+    run_cli.register_simulate(sub, head_commands)
     demo.register(sub)
     return p
 

@@ -42,7 +42,8 @@ def trace_part(out_dir: Path) -> dict:
 
 def decoding_part(n_problems: int, gamma: int = 4) -> dict:
     """Accuracy and accepted length of each verification policy on ``n_problems`` test problems."""
-    from nodes.decoding import Drafter, Verifier, make_policy, speculative_generate
+    from nodes.decoding import Drafter, Verifier, speculative_generate
+    from nodes.protocols import PROTOCOLS
     from nodes.evaluate import encode_prompt
     from nodes.models import load_pair
     from nodes.tasks import ArithTask, score
@@ -51,8 +52,8 @@ def decoding_part(n_problems: int, gamma: int = 4) -> dict:
     problems = ArithTask().problems("test", n_problems)
     d, v = Drafter(pair.drafter), Verifier(pair.target)
     out = {}
-    for name, kw in (("exact", {}), ("topk", {"k": 2}), ("typical", {})):
-        policy = make_policy(name, **kw)
+    for name in ("vanilla", "topk", "typical"):  # the non-learned protocols, in one process
+        policy = PROTOCOLS[name].edge_policy(0.0)
         tokens = rounds = correct = 0
         for p in problems:
             r = speculative_generate(d, v, policy, encode_prompt(pair, p), gamma, 128, pair.eos_token_id)
@@ -65,7 +66,7 @@ def decoding_part(n_problems: int, gamma: int = 4) -> dict:
 
 
 def protocols_part(out_dir: Path, n_problems: int, emulate: bool) -> tuple[str, "object"]:
-    """The built-in experiment (vanilla, wisv-full, wisv-selective over the shipped trace),
+    """The built-in experiment (the registry's default comparison over the shipped trace),
     emulated or simulated, with its report; returns (mode, report table)."""
     from runs.experiment import run_experiment
     from runs.report import report

@@ -17,6 +17,8 @@ from typing import Any
 
 import torch
 
+from channel_models.csi import CSI
+
 
 @dataclass
 class VerifyContext:
@@ -25,16 +27,17 @@ class VerifyContext:
     draft_tokens [γ]; target_logits [γ+1, V] (row i predicts the token after input i: rows 0..γ-1
     score draft tokens 1..γ, row γ gives the bonus); target_hidden [γ+1, H] (row 0 is the last
     committed token, row i ≥ 1 the state at draft token i); drafter_probs [γ, V] and drafter_hidden
-    [γ, Hd] (the drafter state that produced draft token i) when uploaded; csi: channel features."""
+    [γ, Hd] (the drafter state that produced draft token i) when uploaded; csi: the device's report."""
 
     draft_tokens: torch.Tensor
     target_logits: torch.Tensor
     target_hidden: torch.Tensor | None = None
     drafter_probs: torch.Tensor | None = None
     drafter_hidden: torch.Tensor | None = None
-    csi: dict[str, float] | None = None
+    csi: CSI | None = None
     temperature: float = 0.0
     generator: torch.Generator | None = None
+    _greedy: torch.Tensor | None = field(default=None, repr=False)
 
     @property
     def gamma(self) -> int:
@@ -42,13 +45,23 @@ class VerifyContext:
         return int(self.draft_tokens.shape[0])
 
     def target_greedy(self) -> torch.Tensor:
-        """The target's argmax at every row [γ+1]."""
-        return self.target_logits.argmax(dim=-1)
+        """The target's argmax at every row [γ+1] (computed once per round)."""
+        if self._greedy is None:
+            self._greedy = self.target_logits.argmax(dim=-1)
+        return self._greedy
+
+    def matches(self) -> torch.Tensor:
+        """[γ] bool: draft token i is the target's own choice."""
+        return self.draft_tokens == self.target_greedy()[: self.gamma]
+
+    def mismatch_positions(self) -> list[int]:
+        """Draft positions whose token differs from the target's choice."""
+        return (~self.matches()).nonzero().flatten().tolist()
 
 
 @dataclass
-class Verdict:
-    """A policy's decision: ``n_accepted`` draft tokens stand, then ``next_token``.
+class Decision:
+    """A policy's decision on one round: ``n_accepted`` draft tokens stand, then ``next_token``.
     ``n_exact``: exact-match prefix length; ``first_mismatch``: index of the first draft token that
     differs from the target's choice (None if none); ``n_harmless``: mismatches judged harmless."""
 
@@ -68,39 +81,30 @@ def accepted_prefix(ok: torch.Tensor) -> int:
 
 def exact_prefix(ctx: VerifyContext) -> tuple[int, int | None, torch.Tensor]:
     """(exact-match prefix length, first mismatch index or None, target argmax [γ+1])."""
-    greedy = ctx.target_greedy()
-    match = ctx.draft_tokens == greedy[: ctx.gamma]
-    n = accepted_prefix(match)
-    return n, (n if n < ctx.gamma else None), greedy
+    n = accepted_prefix(ctx.matches())
+    return n, (n if n < ctx.gamma else None), ctx.target_greedy()
 
 
 class VerificationPolicy(ABC):
     """One verification rule. Subclasses set ``name`` and implement :meth:`verify`."""
 
     name: str = "base"
-    needs_drafter_hidden: bool = False
+    needs_drafter_hidden: bool = False  # at mismatched positions: the edge asks for them when absent
     needs_drafter_probs: bool = False
-    needs_target_hidden: bool = False
-    lossless: bool = False
 
     @abstractmethod
-    def verify(self, ctx: VerifyContext) -> Verdict:
+    def verify(self, ctx: VerifyContext) -> Decision:
         """Decide how many draft tokens stand and which token follows them."""
-
-    def describe(self) -> dict[str, Any]:
-        """JSON-able parameters, logged with each run."""
-        return {"name": self.name}
 
 
 class ExactMatch(VerificationPolicy):
     """Greedy vanilla: a draft token stands only if it is the target's argmax."""
 
     name = "exact"
-    lossless = True
 
-    def verify(self, ctx: VerifyContext) -> Verdict:
+    def verify(self, ctx: VerifyContext) -> Decision:
         n, first, greedy = exact_prefix(ctx)
-        return Verdict(n, int(greedy[n]), n, first)
+        return Decision(n, int(greedy[n]), n, first)
 
 
 def _probs(logits: torch.Tensor, temperature: float) -> torch.Tensor:
@@ -113,10 +117,9 @@ class RejectionSampling(VerificationPolicy):
     bonus from p. The output is distributed exactly as the target's sampling distribution."""
 
     name = "rejection-sampling"
-    lossless = True
     needs_drafter_probs = True
 
-    def verify(self, ctx: VerifyContext) -> Verdict:
+    def verify(self, ctx: VerifyContext) -> Decision:
         if ctx.temperature <= 0 or ctx.drafter_probs is None:
             raise ValueError("rejection sampling needs temperature > 0 and the drafter's probabilities")
         p = _probs(ctx.target_logits, ctx.temperature)
@@ -135,7 +138,7 @@ class RejectionSampling(VerificationPolicy):
             nxt = int(torch.multinomial(dist, 1, generator=ctx.generator))
         else:
             nxt = int(torch.multinomial(p[g], 1, generator=ctx.generator))
-        return Verdict(n, nxt, n_exact, first)
+        return Decision(n, nxt, n_exact, first)
 
 
 class _RelaxedPolicy(VerificationPolicy):
@@ -145,13 +148,13 @@ class _RelaxedPolicy(VerificationPolicy):
     def tolerate(self, ctx: VerifyContext) -> torch.Tensor:  # [γ] bool
         raise NotImplementedError
 
-    def verify(self, ctx: VerifyContext) -> Verdict:
+    def verify(self, ctx: VerifyContext) -> Decision:
         n_exact, first, greedy = exact_prefix(ctx)
-        match = ctx.draft_tokens == greedy[: ctx.gamma]
+        match = ctx.matches()
         ok = match | self.tolerate(ctx)
         n = accepted_prefix(ok)
         harmless = int((~match[:n]).sum())
-        return Verdict(n, int(greedy[n]), n_exact, first, harmless)
+        return Decision(n, int(greedy[n]), n_exact, first, harmless)
 
 
 class TopKAcceptance(_RelaxedPolicy):
@@ -168,8 +171,6 @@ class TopKAcceptance(_RelaxedPolicy):
         top = ctx.target_logits[: ctx.gamma].topk(self.k, dim=-1).indices
         return (top == ctx.draft_tokens[:, None]).any(dim=-1)
 
-    def describe(self):
-        return {"name": self.name, "k": self.k}
 
 
 class TypicalAcceptance(_RelaxedPolicy):
@@ -187,17 +188,3 @@ class TypicalAcceptance(_RelaxedPolicy):
         threshold = torch.minimum(torch.full_like(entropy, self.epsilon), self.delta * torch.exp(-entropy))
         px = p[torch.arange(ctx.gamma), ctx.draft_tokens]
         return px > threshold
-
-    def describe(self):
-        return {"name": self.name, "epsilon": self.epsilon, "delta": self.delta}
-
-
-POLICIES = {"exact": ExactMatch, "rejection-sampling": RejectionSampling, "topk": TopKAcceptance,
-            "typical": TypicalAcceptance}
-
-
-def make_policy(name: str, **kwargs) -> VerificationPolicy:
-    """A policy by name (``exact``, ``rejection-sampling``, ``topk``, ``typical``)."""
-    if name not in POLICIES:
-        raise ValueError(f"unknown policy {name!r}; known: {sorted(POLICIES)}")
-    return POLICIES[name](**kwargs)

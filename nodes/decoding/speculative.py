@@ -13,8 +13,10 @@ from dataclasses import dataclass, field
 
 import torch
 
+from channel_models.csi import CSI
 from nodes.decoding.lm import CachedLM
-from nodes.decoding.policies import Verdict, VerificationPolicy, VerifyContext
+from nodes.decoding.policies import VerificationPolicy
+from nodes.decoding.round import verify_round
 
 
 @dataclass(frozen=True)
@@ -104,7 +106,8 @@ class Verifier:
 
 @dataclass
 class RoundRecord:
-    """One interaction round as the core sees it (the nodes add bytes, link and CSI fields)."""
+    """One interaction round as the core sees it (the nodes add bytes, link and CSI fields);
+    ``verify_ms`` covers the target forward and the policy."""
 
     round: int
     drafted: int
@@ -114,7 +117,6 @@ class RoundRecord:
     harmless: int
     draft_ms: float
     verify_ms: float
-    policy_ms: float
     tokens_out: int
 
 
@@ -134,7 +136,7 @@ class SpecResult:
 
 def speculative_generate(drafter: Drafter, verifier: Verifier, policy: VerificationPolicy, prompt: list[int],
                          gamma: int = 4, max_new_tokens: int = 128, eos_token_id: int | None = None,
-                         csi: dict | None = None) -> SpecResult:
+                         csi: CSI | None = None) -> SpecResult:
     """Speculative decoding of ``prompt`` (token ids) in one process, round by round."""
     if gamma < 1:
         raise ValueError("gamma must be >= 1")
@@ -145,26 +147,18 @@ def speculative_generate(drafter: Drafter, verifier: Verifier, policy: Verificat
     result = SpecResult(out)
     t_start = time.perf_counter()
     while len(out) < max_new_tokens:
-        # 1. draft on the device
-        g = min(gamma, max_new_tokens - len(out))
-        block = drafter.draft(seq, g, eos_token_id)
-        # 2. one target forward over the draft on the edge
-        logits, hidden, verify_ms = verifier.score(seq, block.tokens)
-        # 3. the policy decides how many draft tokens stand
-        t0 = time.perf_counter()
-        ctx = VerifyContext(torch.tensor(block.tokens), logits, hidden, block.probs, block.hidden, csi,
-                            drafter.sampling.temperature, drafter.generator)
-        verdict: Verdict = policy.verify(ctx)
-        policy_ms = (time.perf_counter() - t0) * 1000.0
-        # 4. commit and roll both caches back
-        new = block.tokens[: verdict.n_accepted] + [verdict.next_token]
+        block = drafter.draft(seq, min(gamma, max_new_tokens - len(out)), eos_token_id)  # on the device
+        r = verify_round(verifier, policy, seq, block.tokens, drafter_probs=block.probs,  # on the edge
+                         drafter_hidden=block.hidden, csi=csi, temperature=drafter.sampling.temperature,
+                         generator=drafter.generator)
+        new = r.new_tokens
         seq.extend(new)
         out.extend(new)
         verifier.commit(len(seq))
         drafter.commit(len(seq))
-        result.rounds.append(RoundRecord(len(result.rounds), len(block.tokens), verdict.n_accepted,
-                                         verdict.n_exact, verdict.first_mismatch, verdict.n_harmless,
-                                         block.draft_ms, verify_ms, policy_ms, len(new)))
+        d = r.decision
+        result.rounds.append(RoundRecord(len(result.rounds), len(block.tokens), d.n_accepted, d.n_exact,
+                                         d.first_mismatch, d.n_harmless, block.draft_ms, r.verify_ms, len(new)))
         if eos_token_id is not None and eos_token_id in new:
             del out[out.index(eos_token_id) + 1:]
             break

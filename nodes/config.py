@@ -1,0 +1,123 @@
+"""The run configuration: every setting of one protocol run, built once (from a spec, or from a
+command line) and handed as JSON to the device and edge processes and to the simulator alike,
+so no setting is dropped on any path.
+
+    RunConfig(run_id, protocol, gamma, temperature, hidden_dtype, seed, lambda_ms, head_dir,
+              models=ModelConfig(drafter, target, dtype), task=TaskConfig(split, problems, ...),
+              compute=ComputeConfig(device_ms_per_token, edge_base_ms, edge_per_token_ms),
+              timeout_ms, retries)
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field, fields, is_dataclass, replace
+from pathlib import Path
+from typing import Any
+
+from nodes.profiles import ComputeProfile
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Local model folders (None: the shipped default pair) and their dtype (fp32, bf16, fp16)."""
+
+    drafter: str | None = None
+    target: str | None = None
+    dtype: str = "fp32"
+
+
+@dataclass(frozen=True)
+class TaskConfig:
+    """Which problems a device runs: ``problems`` from index ``start_index`` of ``split``, each
+    answered in at most ``max_new_tokens`` tokens."""
+
+    split: str = "test"
+    problems: int = 20
+    start_index: int = 0
+    max_new_tokens: int = 128
+
+
+@dataclass(frozen=True)
+class ComputeConfig:
+    """Compute to emulate (0 = measured, nothing padded): ms per draft token on the device;
+    ``edge_base_ms + edge_per_token_ms·γ`` per verification on the edge."""
+
+    device_ms_per_token: float = 0.0
+    edge_base_ms: float = 0.0
+    edge_per_token_ms: float = 0.0
+
+    @property
+    def device(self) -> ComputeProfile:
+        """The device's profile (per draft token)."""
+        return ComputeProfile(0.0, self.device_ms_per_token)
+
+    @property
+    def edge(self) -> ComputeProfile:
+        """The edge's profile (per verification of γ tokens)."""
+        return ComputeProfile(self.edge_base_ms, self.edge_per_token_ms)
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Everything one protocol run needs (see the module docstring). ``device_id`` is set per
+    device process from its index (``dev0``, ``dev1``, …), stable across protocols."""
+
+    run_id: str = ""
+    protocol: str = "vanilla"
+    gamma: int = 4
+    temperature: float = 0.0
+    hidden_dtype: str = "f16"
+    seed: int = 0
+    lambda_ms: float | None = None
+    head_dir: str | None = None
+    timeout_ms: int = 5000
+    retries: int = 3
+    device_id: str = "dev0"
+    models: ModelConfig = field(default_factory=ModelConfig)
+    task: TaskConfig = field(default_factory=TaskConfig)
+    compute: ComputeConfig = field(default_factory=ComputeConfig)
+
+    def with_protocol(self, protocol: str) -> "RunConfig":
+        """The same run with another protocol."""
+        return replace(self, protocol=protocol)
+
+    def for_device(self, index: int) -> "RunConfig":
+        """Device ``index``'s config: its id and its own slice of the problems."""
+        return replace(self, device_id=f"dev{index}",
+                       task=replace(self.task, start_index=self.task.start_index + index * self.task.problems))
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-able dict (nested sections as dicts)."""
+        return asdict(self)
+
+    def to_json(self) -> str:
+        """The config as one JSON document."""
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True)
+
+    def write(self, path: str | Path) -> Path:
+        """Write the config as JSON to ``path``."""
+        path = Path(path)
+        path.write_text(self.to_json() + "\n")
+        return path
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "RunConfig":
+        """The config of a dict as :meth:`to_dict` writes it; ValueError naming unknown keys."""
+        return _build(cls, d, "")
+
+    @classmethod
+    def read(cls, path: str | Path) -> "RunConfig":
+        """The config in a JSON file."""
+        return cls.from_dict(json.loads(Path(path).read_text()))
+
+
+def _build(cls, d: dict[str, Any], where: str):
+    known = {f.name: f for f in fields(cls)}
+    unknown = set(d) - set(known)
+    if unknown:
+        raise ValueError(f"run config: unknown key(s) {sorted(where + k for k in unknown)}")
+    kw = {}
+    for name, v in d.items():
+        default = known[name].default_factory() if callable(known[name].default_factory) else None
+        kw[name] = _build(type(default), v, f"{where}{name}.") if is_dataclass(default) else v
+    return cls(**kw)
