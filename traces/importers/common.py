@@ -1,17 +1,21 @@
 """Options and helpers shared by the importers: units, missing directions, CSI → link."""
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import pandas as pd
 
 from channel_models.mapping import make_mapping
-from traces.format import COLUMNS, Trace, TraceFormatError
+from traces.format import COLUMNS, Trace, TraceFormatError, find_problem
+from traces.textio import CsvStrings, numeric, read_csv_strings
 
 RATE_UNITS = {"bps": 1.0, "kbps": 1e3, "mbps": 1e6, "gbps": 1e9, "Bps": 8.0, "kBps": 8e3, "MBps": 8e6}
 TIME_UNITS = {"ms": 1.0, "s": 1000.0, "us": 1e-3}
+MIN_RATE_BPS = 8000.0  # rates are floored here after validation (HTB's smallest rate)
+MAX_ROWS = 10_000_000  # an import (after any resampling) of more rows is refused
 
 
 @dataclass
@@ -53,8 +57,17 @@ class ImportOptions:
             raise ValueError(f"time_unit must be one of {sorted(TIME_UNITS)}")
         if self.direction not in ("both", "up", "down"):
             raise ValueError("direction must be both, up or down")
-        if not 0 <= self.loss <= 1 or self.delay_ms < 0:
-            raise ValueError("loss must lie in [0, 1] and delay_ms >= 0")
+        if not 0 <= self.loss <= 1 or not 0 <= self.delay_ms <= 60_000:
+            raise ValueError("loss must lie in [0, 1] and delay_ms in [0, 60000]")
+        if self.other_direction != "mirror":
+            try:
+                rate = float(self.other_direction)
+            except ValueError:
+                rate = -1.0
+            if not (math.isfinite(rate) and rate >= 0):
+                raise ValueError("other_direction must be 'mirror' or a rate in bit/s (>= 0)")
+        if self.step_ms is not None and not (math.isfinite(self.step_ms) and self.step_ms > 0):
+            raise ValueError("step_ms must be a positive number of ms")
 
     def describe(self) -> dict[str, Any]:
         """The options that shaped an import, for the trace metadata."""
@@ -91,12 +104,60 @@ def fill_direction(cols: dict[str, Any], have: str, opts: ImportOptions) -> str:
     return f"{other} constant {rate:g} bit/s"
 
 
-def finish(cols: dict[str, Any], meta: dict[str, Any], opts: ImportOptions, min_rate_bps: float = 8000.0) -> Trace:
-    """Assemble a Trace from column arrays: re-base time to 0, floor rates, resample if asked."""
+@dataclass(frozen=True)
+class Provenance:
+    """Where an imported trace's rows and columns come from, to word its errors.
+
+    line_of: trace row (0-based) → 1-based line of the source file (None: errors say "row N");
+    columns: canonical column → (source column name, 1-based index) it was computed from."""
+
+    line_of: Callable[[int], int] | None = None
+    columns: dict[str, tuple[str, int | None]] = field(default_factory=dict)
+
+
+def validate_import(path, cols: dict[str, Any], meta: dict[str, Any], where: Provenance) -> None:
+    """Check the canonical columns of an import by the trace rules (before any rate floor), so
+    that a wrong unit or a negative value is refused with the file, line and source column."""
+    problem = find_problem({c: np.asarray(cols[c], dtype=float) for c in COLUMNS if c in cols})
+    if problem is None:
+        return
+    src, index = _source_of(problem.column, cols, where)
+    message = problem.message
+    if src != problem.column:
+        message += f" (read as {problem.column})"
+    if "wrong unit" in message and problem.column.startswith("rate_bps"):
+        message += (": is the SNR in dB?" if meta.get("rate_from") == "csi"
+                    else ": give the source's unit (--rate-unit, or --scale for the generic format)")
+    if where.line_of is None:
+        raise TraceFormatError(path, problem.row + 1, src, message, index, "row")
+    raise TraceFormatError(path, where.line_of(problem.row), src, message, index)
+
+
+def _source_of(col: str, cols: dict[str, Any], where: Provenance) -> tuple[str, int | None]:
+    """The source column behind canonical ``col`` (or behind the direction it mirrors)."""
+    if col in where.columns:
+        return where.columns[col]
+    for a, b in (("_up", "_down"), ("_down", "_up")):
+        other = col.replace(a, b) if col.endswith(a) else None
+        if other in where.columns and cols.get(other) is cols.get(col):
+            return where.columns[other]
+    return col, None
+
+
+def finish(cols: dict[str, Any], meta: dict[str, Any], opts: ImportOptions, path=None,
+           where: Provenance | None = None, min_rate_bps: float = MIN_RATE_BPS) -> Trace:
+    """Assemble a Trace from column arrays: re-base time to 0, validate (before the floor, so a
+    wrong unit or a negative rate is an error), floor rates at ``min_rate_bps`` bit/s, resample
+    to ``opts.step_ms`` ms if asked."""
     from traces.ops import resample
 
+    path = path if path is not None else meta.get("file", "<import>")
     t = np.asarray(cols["t_ms"], dtype=float)
-    cols["t_ms"] = t - t[0]
+    if len(t) == 0:
+        raise TraceFormatError(path, None, None, "no data rows")
+    with np.errstate(over="ignore", invalid="ignore"):  # an overflow is inf: refused by validation
+        cols["t_ms"] = t - t[0] if np.isfinite(t[0]) else t
+    validate_import(path, cols, meta, where or Provenance())
     floored = 0
     for d in ("up", "down"):
         r = np.asarray(cols[f"rate_bps_{d}"], dtype=float)
@@ -106,53 +167,62 @@ def finish(cols: dict[str, Any], meta: dict[str, Any], opts: ImportOptions, min_
             "rows_at_rate_floor": floored}
     df = pd.DataFrame({c: np.asarray(cols[c], dtype=float) for c in COLUMNS if c in cols})
     trace = Trace(df, meta)
-    return resample(trace, opts.step_ms) if opts.step_ms else trace
+    if opts.step_ms:
+        check_rows(path, trace.duration_ms / opts.step_ms, f"resampling at {opts.step_ms:g} ms")
+        trace = resample(trace, opts.step_ms)
+    return trace
 
 
-def numeric_column(path, df: pd.DataFrame, col: str, header_line: int = 1, missing: str = "-") -> np.ndarray:
-    """Column ``col`` of a string DataFrame as floats, ``missing`` marks → NaN; anything else
-    non-numeric raises TraceFormatError with the file, line and column."""
-    if col not in df.columns:
-        raise TraceFormatError(path, header_line, col, "expected column is missing")
-    s = df[col].astype(str).str.strip()
-    is_missing = s.isin([missing, ""])
-    num = pd.to_numeric(s.where(~is_missing), errors="coerce")
-    bad = np.flatnonzero(num.isna() & ~is_missing)
+def check_rows(path, rows: float, what: str) -> None:
+    """Refuse an import that would hold more than MAX_ROWS rows (memory), naming the file."""
+    if rows > MAX_ROWS:
+        raise TraceFormatError(path, None, None, f"{what} gives {rows:.3g} rows, more than {MAX_ROWS:,}: "
+                               "use a larger step (--step-ms)")
+
+
+def numeric_column(path, table: CsvStrings, col: str, missing: tuple[str, ...] = ("-", ""),
+                   nonnegative: bool = False) -> np.ndarray:
+    """Column ``col`` of a string table as floats, ``missing`` marks → NaN; anything else
+    non-numeric (or negative, when ``nonnegative``) raises TraceFormatError with the file,
+    line and column."""
+    v = numeric(path, table, col, missing)
+    bad = np.flatnonzero(np.isinf(v) | (v < 0)) if nonnegative else np.flatnonzero(np.isinf(v))
     if bad.size:
         i = int(bad[0])
-        raise TraceFormatError(path, header_line + 1 + i, col, f"value {s.iloc[i]!r} is not a number",
-                               list(df.columns).index(col) + 1)
-    return num.to_numpy(dtype=float)
+        what = f"value {v[i]:g} is not finite" if np.isinf(v[i]) else f"negative value {v[i]:g}"
+        raise TraceFormatError(path, table.line_of(i), col, what, table.index(col))
+    return v
 
 
 def read_timed_csv(path, time_col: str, time_format: str, human_format: str,
-                   strictly_increasing: bool) -> tuple[pd.DataFrame, np.ndarray]:
-    """A CSV as strings plus its time column as ms since the first row; a bad or backward
-    time stamp raises TraceFormatError with the file, line and column."""
-    raw = pd.read_csv(path, dtype=str, keep_default_na=False, na_filter=False)
-    raw.columns = [c.strip() for c in raw.columns]
-    if time_col not in raw.columns:
-        raise TraceFormatError(path, 1, time_col, "expected column is missing")
-    col = list(raw.columns).index(time_col) + 1
-    ts = pd.to_datetime(raw[time_col].str.strip(), format=time_format, errors="coerce")
-    bad = np.flatnonzero(ts.isna())
+                   strictly_increasing: bool) -> tuple[CsvStrings, np.ndarray]:
+    """A CSV as strings plus its time column as ms since the first row; a header-only file,
+    a row with the wrong number of fields, a bad or backward time stamp raise TraceFormatError
+    with the file, line and column."""
+    table = read_csv_strings(path, min_rows=1)
+    col = table.index(time_col)
+    text = table.strings(time_col)
+    ts = pd.to_datetime(text, format=time_format, errors="coerce")
+    bad = np.flatnonzero(ts.isna().to_numpy())
     if bad.size:
         i = int(bad[0])
-        raise TraceFormatError(path, 2 + i, time_col, f"{raw[time_col].iloc[i]!r} is not {human_format}", col)
-    t_ms = (ts - ts.iloc[0]).dt.total_seconds().to_numpy() * 1000.0
+        raise TraceFormatError(path, table.line_of(i), time_col, f"{text.iloc[i]!r} is not {human_format}", col)
+    t_ms = (ts - ts.iloc[0]).dt.total_seconds().to_numpy(dtype=float) * 1000.0
     step = np.diff(t_ms)
     back = np.flatnonzero(step <= 0 if strictly_increasing else step < 0)
     if back.size:
-        raise TraceFormatError(path, 3 + int(back[0]), time_col,
+        raise TraceFormatError(path, table.line_of(int(back[0]) + 1), time_col,
                                "time is not increasing" if strictly_increasing else "time goes backwards", col)
-    return raw, t_ms
+    return table, t_ms
 
 
-def fill_missing(x: np.ndarray) -> tuple[np.ndarray, int]:
-    """Forward-fill NaNs (then back-fill a leading gap); returns the array and how many were filled."""
+def fill_missing(path, table: CsvStrings, col: str, x: np.ndarray) -> tuple[np.ndarray, int]:
+    """Forward-fill NaNs (then back-fill a leading gap); returns the array and how many were
+    filled. A column with no value at all is a TraceFormatError naming it."""
     n = int(np.isnan(x).sum())
     if n == 0:
         return x, 0
     if n == len(x):
-        raise ValueError("column has no values at all")
+        raise TraceFormatError(path, table.line_of(0), col, "column has no values at all (every row is missing)",
+                               table.index(col))
     return pd.Series(x).ffill().bfill().to_numpy(), n
