@@ -55,28 +55,31 @@ def cmd_generate(a: argparse.Namespace) -> int:
 
 
 def cmd_import(a: argparse.Namespace) -> int:
-    from traces.importers import ImportOptions, import_trace
+    """Import a recorded trace into a canonical file (two-column logs are streamed)."""
+    from traces.importers import ImportOptions, import_to_file
 
     opts = ImportOptions(rate_from=a.rate_from, rate_unit=a.rate_unit, time_unit=a.time_unit,
                          delay_ms=a.delay_ms, loss=a.loss, step_ms=a.step_ms, mapping=a.mapping,
                          bandwidth_hz=a.bandwidth_hz, other_direction=a.other_direction,
                          direction=a.direction, columns=_kv(a.map), scales=_kv(a.scale, float))
-    trace = import_trace(a.input, opts, a.format)
-    write_trace(trace, a.output)
-    sys.stdout.write(f"wrote {a.output}: {len(trace)} rows, {trace.duration_ms / 1000:g} s "
-                     f"from {trace.meta.get('source')} (rate from {trace.meta.get('rate_from')})\n")
+    meta = import_to_file(a.input, a.output, opts, a.format)
+    sys.stdout.write(f"wrote {a.output}: {meta['rows']} rows, {meta['duration_ms'] / 1000:g} s "
+                     f"from {meta.get('source')} (rate from {meta.get('rate_from')})\n")
     return 0
 
 
 def cmd_show(a: argparse.Namespace) -> int:
-    from traces.ops import summary
+    """Summarise a trace (a Parquet one column by column, so a large trace fits), and plot it."""
+    from traces.ops import summary, summary_file
 
-    trace = read_trace(a.trace)
-    s = summary(trace)
     if a.plot:
         from traces.plot import plot_trace
 
+        trace = read_trace(a.trace)
+        s = summary(trace)
         plot_trace(trace, a.plot, title=Path(a.trace).name)
+    else:
+        s = summary_file(a.trace)
     if a.json:
         sys.stdout.write(json.dumps(s) + "\n")
     else:
@@ -96,10 +99,13 @@ def cmd_show(a: argparse.Namespace) -> int:
 
 
 def cmd_fit(a: argparse.Namespace) -> int:
-    from traces.fit import fit_channel
+    from traces.fit import TraceFitError, fit_channel
 
     trace = read_trace(a.trace)
-    spec, report = fit_channel(trace, bandwidth_hz=a.bandwidth_hz)
+    try:
+        spec, report = fit_channel(trace, bandwidth_hz=a.bandwidth_hz)
+    except TraceFitError as e:
+        raise ValueError(f"{a.trace}: {e}") from None
     Path(a.output).write_text(json.dumps(spec.to_dict(), indent=2) + "\n")
     sys.stdout.write(json.dumps(report) + "\n")
     return 0
