@@ -63,6 +63,7 @@ def _threads(a: argparse.Namespace) -> None:
 def add_run_config_args(p: argparse.ArgumentParser, device: bool) -> None:
     """The options that build a :class:`nodes.config.RunConfig` (or ``--config FILE``, which
     an orchestrator writes and which then replaces them)."""
+    from nodes.profiles import PRESETS
     from nodes.protocols import PROTOCOLS
     from nodes.wire import WIRE_DTYPES
 
@@ -83,12 +84,24 @@ def add_run_config_args(p: argparse.ArgumentParser, device: bool) -> None:
         p.add_argument("--start-index", type=int, default=0, help="first problem index in the split")
         p.add_argument("--max-new-tokens", type=int, default=128, help="longest answer, tokens")
         p.add_argument("--run-id", default="", help="run id written in every round log line")
-        p.add_argument("--profile-ms-per-token", type=float, default=0.0, help="emulated drafting time per token, ms")
+        p.add_argument("--compute", default="measured", choices=["measured", *PRESETS],
+                       help="compute profile of the device (padding to a preset's time per draft token)")
+        p.add_argument("--profile-ms-per-token", type=float, default=0.0,
+                       help="a custom profile instead: drafting time per token, ms")
     else:
         p.add_argument("--head-dir", help="folder with head-full/head-target.safetensors (default: the shipped heads)")
         p.add_argument("--lambda-ms", type=float, help="the heads' price of an accuracy-changing acceptance, ms")
-        p.add_argument("--profile-base-ms", type=float, default=0.0, help="emulated verify time a + b·γ: a, ms")
+        p.add_argument("--compute", default="measured", choices=["measured", *PRESETS],
+                       help="compute profile of the edge (padding to a preset's verification time)")
+        p.add_argument("--profile-base-ms", type=float, default=0.0, help="a custom profile: verify time a + b·γ: a, ms")
         p.add_argument("--profile-per-token-ms", type=float, default=0.0, help="emulated verify time a + b·γ: b, ms")
+
+
+def _profile(name: str, **custom: float):
+    """A preset (or measured), or the custom times when any is given."""
+    from nodes.profiles import ComputeProfile, profile_from_spec
+
+    return ComputeProfile(**custom, name="custom") if any(custom.values()) else profile_from_spec(name)
 
 
 def config_from_args(a: argparse.Namespace) -> "RunConfig":
@@ -103,16 +116,33 @@ def config_from_args(a: argparse.Namespace) -> "RunConfig":
             cfg = RunConfig(a.run_id, a.protocol, a.gamma, a.temperature, a.hidden_dtype, a.seed, timeout_ms=a.timeout_ms,
                             retries=a.retries, models=models,
                             task=TaskConfig(a.split, a.problems, a.start_index, a.max_new_tokens),
-                            compute=ComputeConfig(device_ms_per_token=a.profile_ms_per_token))
+                            compute=ComputeConfig(device=_profile(a.compute, per_token_ms=a.profile_ms_per_token)))
         else:
             cfg = RunConfig(lambda_ms=a.lambda_ms, head_dir=a.head_dir, models=models,
-                            compute=ComputeConfig(0.0, a.profile_base_ms, a.profile_per_token_ms))
+                            compute=ComputeConfig(edge=_profile(a.compute, base_ms=a.profile_base_ms,
+                                                                per_token_ms=a.profile_per_token_ms)))
     if getattr(a, "device_index", None) is not None:
         cfg = cfg.for_device(a.device_index)
     return cfg
 
 
+def _edge_curve(a: argparse.Namespace) -> tuple[bytes | None, str | None]:
+    """The edge's CURVE secret key and client allow-list (a folder, or ``zmq.auth.CURVE_ALLOW_ANY``
+    with ``--curve-allow-any``) from its command line; SystemExit for an incomplete choice."""
+    if not a.curve_secret:
+        if a.curve_allow or a.curve_allow_any:
+            raise SystemExit("--curve-allow/--curve-allow-any need --curve-secret")
+        return None, None
+    if bool(a.curve_allow) == a.curve_allow_any:
+        raise SystemExit("--curve-secret needs exactly one of --curve-allow DIR (device public keys) or --curve-allow-any")
+    import zmq.auth
+
+    return Path(a.curve_secret).read_bytes().strip(), zmq.auth.CURVE_ALLOW_ANY if a.curve_allow_any else a.curve_allow
+
+
 def cmd_edge(a: argparse.Namespace) -> int:
+    from nodes.lifecycle import die_with_orchestrator
+    die_with_orchestrator()  # a node an orchestrator started dies with it (nodes/lifecycle.py)
     import logging
     import signal
 
@@ -121,11 +151,12 @@ def cmd_edge(a: argparse.Namespace) -> int:
     from nodes.models import load_pair
 
     cfg = config_from_args(a)
+    secret, allow = _edge_curve(a)
     pair = load_pair(cfg.models.drafter, cfg.models.target, dtype=cfg.models.dtype)
-    secret = Path(a.curve_secret).read_bytes().strip() if a.curve_secret else None
     server = EdgeServer(pair.target, pair.eos_token_id, a.bind, EdgeLimits(max_gamma=a.max_gamma,
-                        max_sessions=a.max_sessions, max_message_bytes=a.max_message_bytes), a.token, cfg.head_dir,
-                        curve_secret_key=secret, profile=cfg.compute.edge, lambda_ms=cfg.lambda_ms)
+                        max_sessions=a.max_sessions, max_message_bytes=a.max_message_bytes,
+                        max_prompt_tokens=a.max_prompt_tokens), a.token, cfg.head_dir,
+                        curve_secret_key=secret, profile=cfg.compute.edge, lambda_ms=cfg.lambda_ms, curve_allow=allow)
     signal.signal(signal.SIGTERM, lambda *_: server.stop())
     logging.getLogger(__name__).info("edge serving on %s", server.endpoint)
     sys.stdout.write(f"ready {server.endpoint}\n")
@@ -140,6 +171,8 @@ def cmd_edge(a: argparse.Namespace) -> int:
 
 
 def cmd_device(a: argparse.Namespace) -> int:
+    from nodes.lifecycle import die_with_orchestrator
+    die_with_orchestrator()  # a node an orchestrator started dies with it (nodes/lifecycle.py)
     import time
 
     _threads(a)
@@ -151,11 +184,12 @@ def cmd_device(a: argparse.Namespace) -> int:
     pair = load_pair(cfg.models.drafter, cfg.models.target, dtype=cfg.models.dtype)
     logger = RoundLogger(a.log) if a.log else None
     curve = None
-    if a.curve_server_public:
-        import zmq
+    if a.curve_client_secret and not a.curve_server_public:
+        raise SystemExit("--curve-client-secret needs --curve-server-public")
+    if a.curve_server_public:  # the device's own key pair (an edge with an allow-list needs it), else an ephemeral one
+        from nodes.device import load_curve_keys
 
-        public, secret = zmq.curve_keypair()  # an ephemeral client key; the token authenticates the device
-        curve = (Path(a.curve_server_public).read_bytes().strip(), public, secret)
+        curve = load_curve_keys(a.curve_server_public, a.curve_client_secret)
     csi = None
     trace_start = [a.trace_start if a.trace_start is not None else time.monotonic()]  # --wait-go resets it
     if a.trace:  # the CSI report: the trace step in force since the replay start (one monotonic clock)
@@ -195,6 +229,15 @@ def cmd_keys(a: argparse.Namespace) -> int:
 
     out = Path(a.output)
     out.mkdir(parents=True, exist_ok=True)
+    if a.client:  # device key pairs: NAME.key (public, for the edge's --curve-allow folder), NAME.key_secret
+        import zmq.auth
+
+        for name in a.client:
+            zmq.auth.create_certificates(str(out), name)
+            (out / f"{name}.key_secret").chmod(0o600)
+        sys.stdout.write(f"wrote {', '.join(f'{n}.key and {n}.key_secret' for n in a.client)} in {out} "
+                         f"(copy each .key into the edge's --curve-allow folder; the device reads its .key_secret)\n")
+        return 0
     public, secret = zmq.curve_keypair()
     (out / "edge.public").write_bytes(public + b"\n")
     (out / "edge.secret").write_bytes(secret + b"\n")
@@ -219,20 +262,31 @@ def register_node(sub: argparse._SubParsersAction) -> None:
             q.add_argument("--max-gamma", type=int, default=32, help="longest draft accepted")
             q.add_argument("--max-sessions", type=int, default=64, help="devices served at once")
             q.add_argument("--max-message-bytes", type=int, default=8 << 20, help="larger messages are refused")
+            q.add_argument("--max-prompt-tokens", type=int, default=4096,
+                           help="longest prompt accepted, tokens (the target's positions bound it too)")
             q.add_argument("--curve-secret", help="edge CURVE secret key file (Z85): encrypt and authenticate the edge")
+            q.add_argument("--curve-allow", metavar="DIR",
+                           help="with --curve-secret: folder of allowed device public keys (*.key, wisv node keys --client)")
+            q.add_argument("--curve-allow-any", action="store_true",
+                           help="with --curve-secret: admit any device key (encryption only; the token authenticates)")
         else:
             q.add_argument("--connect", required=True, help="the edge's ZeroMQ endpoint")
             q.add_argument("--device-index", type=int, help="this device's index (id devK, its own slice of problems)")
             q.add_argument("--log", help="per-round JSONL log")
             q.add_argument("--curve-server-public", help="the edge's CURVE public key file (Z85)")
+            q.add_argument("--curve-client-secret",
+                           help="this device's CURVE key pair (NAME.key_secret from wisv node keys --client NAME, "
+                                "or a Z85 secret key file); default: an ephemeral pair")
             q.add_argument("--trace", help="trace whose step in force is reported as CSI")
             q.add_argument("--trace-start", type=float, help="monotonic second at which the trace started")
             q.add_argument("--json-out", help="write the per-request records and the config here")
             q.add_argument("--count-iface", help="interface whose counters give each round's on-wire bytes")
             q.add_argument("--wait-go", action="store_true",
                            help="after hello print 'ready' and wait for a line '<trace start monotonic s>' on stdin")
-    k = ns.add_parser("keys", help="make a CURVE key pair for an edge")
+    k = ns.add_parser("keys", help="make a CURVE key pair for an edge (or, with --client, for devices)")
     k.add_argument("-o", "--output", default="keys", help="folder for edge.public and edge.secret")
+    k.add_argument("--client", action="append", metavar="NAME",
+                   help="instead, a device key pair NAME.key / NAME.key_secret (repeatable)")
     k.set_defaults(func=cmd_keys)
 
 

@@ -4,7 +4,7 @@ so no setting is dropped on any path.
 
     RunConfig(run_id, protocol, gamma, temperature, hidden_dtype, seed, lambda_ms, head_dir,
               models=ModelConfig(drafter, target, dtype), task=TaskConfig(split, problems, ...),
-              compute=ComputeConfig(device_ms_per_token, edge_base_ms, edge_per_token_ms),
+              compute=ComputeConfig(device=ComputeProfile, edge=ComputeProfile),   # nodes.profiles
               timeout_ms, retries)
 """
 from __future__ import annotations
@@ -39,22 +39,11 @@ class TaskConfig:
 
 @dataclass(frozen=True)
 class ComputeConfig:
-    """Compute to emulate (0 = measured, nothing padded): ms per draft token on the device;
-    ``edge_base_ms + edge_per_token_ms·γ`` per verification on the edge."""
+    """The compute profile of each node (:mod:`nodes.profiles`; default: measured): the device's
+    per draft token, the edge's per verification of γ tokens."""
 
-    device_ms_per_token: float = 0.0
-    edge_base_ms: float = 0.0
-    edge_per_token_ms: float = 0.0
-
-    @property
-    def device(self) -> ComputeProfile:
-        """The device's profile (per draft token)."""
-        return ComputeProfile(0.0, self.device_ms_per_token)
-
-    @property
-    def edge(self) -> ComputeProfile:
-        """The edge's profile (per verification of γ tokens)."""
-        return ComputeProfile(self.edge_base_ms, self.edge_per_token_ms)
+    device: ComputeProfile = field(default_factory=ComputeProfile)
+    edge: ComputeProfile = field(default_factory=ComputeProfile)
 
 
 @dataclass(frozen=True)

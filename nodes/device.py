@@ -13,6 +13,7 @@ import logging
 import time
 import uuid
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Callable
 
 import torch
@@ -100,6 +101,8 @@ class ZmqTransport:
     """Real exchanges over a ZeroMQ DEALER with per-attempt timeouts and bounded retries; the
     clock is the real one and compute padding is slept."""
 
+    virtual = False  # real clock: compute profiles pad, they do not replace
+
     def __init__(self, endpoint: str, cfg: RunConfig, curve_keys: tuple | None = None,
                  max_message_bytes: int = 8 << 20):
         self.cfg, self.max_message_bytes = cfg, max_message_bytes
@@ -119,8 +122,8 @@ class ZmqTransport:
         """Wall-clock time (epoch s) for the logs."""
         return time.time()
 
-    def compute(self, measured_ms: float, pad_ms: float) -> None:
-        """Real compute already took ``measured_ms``; sleep the profile's padding."""
+    def compute(self, charged_ms: float, pad_ms: float) -> None:
+        """Real compute already took ``charged_ms − pad_ms``; sleep the profile's padding."""
         if pad_ms > 0:
             from nodes.profiles import sleep_ms
 
@@ -176,6 +179,7 @@ class DeviceClient:
         self.eos, self.token = eos_token_id, token
         self.logger, self.csi = round_logger, csi or CSI
         self.transport, self.wire_counter = transport, wire_counter
+        self.secret = ""  # the session secret from hello_ack, sent in every later message
         self.chooser = UploadChooser(array_nbytes((1, int(drafter.config.hidden_size)), cfg.hidden_dtype))
 
     @classmethod
@@ -186,15 +190,17 @@ class DeviceClient:
         return cls(drafter, cfg, eos_token_id, ZmqTransport(endpoint, cfg, curve_keys), **kw)
 
     def hello(self) -> HelloAck:
-        """Open the session."""
+        """Open the session and keep its secret for every later message."""
         c = self.cfg
-        return self.transport.exchange(Hello(c.device_id, c.protocol, c.gamma, c.temperature, c.hidden_dtype, self.token,
-                                             c.seed), (HelloAck,), _stats())
+        ack = self.transport.exchange(Hello(c.device_id, c.protocol, c.gamma, c.temperature, c.hidden_dtype, self.token,
+                                            c.seed), (HelloAck,), _stats())
+        self.secret = ack.secret
+        return ack
 
     def close(self) -> None:
         """Say bye and close the socket."""
         try:
-            self.transport.send_only(Bye())
+            self.transport.send_only(Bye(self.secret))
         finally:
             self.transport.close()
 
@@ -210,7 +216,7 @@ class DeviceClient:
             if self.protocol.edge_only:
                 out = self._edge_alone(rid, list(prompt), max_new_tokens, rounds)
             else:
-                self.transport.exchange(Start(rid, list(prompt), max_new_tokens), (StartAck,), _stats())
+                self.transport.exchange(Start(rid, list(prompt), max_new_tokens, self.secret), (StartAck,), _stats())
                 out = self._speculate(rid, list(prompt), max_new_tokens, rounds)
         except (ExchangeTimeout, EdgeError) as e:
             return RequestResult(rid, out, rounds, self.transport.now_ms() - t0, ok=False, error=str(e))
@@ -218,7 +224,7 @@ class DeviceClient:
 
     def _edge_alone(self, rid: str, prompt: list[int], max_new_tokens: int, rounds: list[RoundLog]) -> list[int]:
         stats, t0, t_wall, csi = _stats(), self.transport.now_ms(), self.transport.wall_s(), self.csi()
-        res: Result = self.transport.exchange(Start(rid, prompt, max_new_tokens), (Result,), stats)
+        res: Result = self.transport.exchange(Start(rid, prompt, max_new_tokens, self.secret), (Result,), stats)
         out = list(res.tokens)
         wall = self.transport.now_ms() - t0
         rounds.append(self._log(rid, 0, len(out), 0, 0, -1, 0, out[-1] if out else -1, stats, 0.0, res.verify_ms,
@@ -234,22 +240,24 @@ class DeviceClient:
             wire0 = self.wire_counter() if self.wire_counter else None
             t_wall, t0 = self.transport.wall_s(), self.transport.now_ms()
             csi = self.csi()
+            n_prefill = max(0, len(seq) - self.drafter.lm.cache_len - 1)
             block = self.drafter.draft(seq, min(self.cfg.gamma, max_new_tokens - len(out)), self.eos)
-            pad_ms = self.cfg.compute.device.pad_ms(block.draft_ms, len(block.tokens))
+            block.draft_ms, pad_ms = self.cfg.compute.device.charge(block.draft_ms, len(block.tokens), n_prefill,
+                                                                     exact=self.transport.virtual)
             self.transport.compute(block.draft_ms, pad_ms)
-            block.draft_ms += pad_ms
             upload = self.protocol.round_upload(self.chooser.choose, len(block.tokens), csi)
             stats["upload"] = upload if upload != "none" else ""
             probs = block.probs if self.protocol.sends_probs(self.cfg.temperature) else None
             hidden = block.hidden if upload == "all" else None
-            reply = self.transport.exchange(Draft(rid, rnd, block.tokens, csi.to_wire(), hidden, probs),
+            reply = self.transport.exchange(Draft(rid, rnd, block.tokens, csi.to_wire(), hidden, probs, self.secret),
                                             (Verdict, HiddenRequest), stats)
             if isinstance(reply, HiddenRequest):
                 if any(not 0 <= p < len(block.tokens) for p in reply.positions):
                     raise EdgeError("bad_request", f"edge asked for positions {reply.positions}")
                 rows = block.hidden[torch.tensor(reply.positions, dtype=torch.long)]
                 self.chooser.observe(True, len(reply.positions))
-                reply = self.transport.exchange(HiddenUpload(rid, rnd, reply.positions, rows), (Verdict,), stats)
+                reply = self.transport.exchange(HiddenUpload(rid, rnd, reply.positions, rows, self.secret), (Verdict,),
+                                                stats)
             elif upload == "mismatch":
                 self.chooser.observe(False)
             v: Verdict = reply
@@ -301,3 +309,24 @@ def run_problems(client: DeviceClient, pair, task: TaskConfig) -> tuple[list[dic
         records.append(res.record(score(pair.tokenizer.decode(res.tokens, skip_special_tokens=True), p)))
         results.append(res)
     return records, results
+
+
+def load_curve_keys(server_public: str | Path, client_secret: str | Path | None = None) -> tuple[bytes, bytes, bytes]:
+    """(server public, client public, client secret) Z85 keys for a CURVE connection to an edge.
+    The client's own pair comes from ``client_secret``: a ``*.key_secret`` certificate (as
+    ``wisv node keys --client NAME`` writes it) or a file holding the Z85 secret key alone (its
+    public key is derived); without one, an ephemeral pair, which an edge with an allow-list
+    refuses. ValueError for a file holding no key."""
+    server = Path(server_public).read_bytes().strip()
+    if client_secret is None:
+        public, secret = zmq.curve_keypair()
+        return server, public, secret
+    raw = Path(client_secret).read_bytes().strip()
+    if len(raw) == 40 and b"\n" not in raw:  # the Z85 secret key alone
+        return server, zmq.curve_public(raw), raw
+    import zmq.auth
+
+    public, secret = zmq.auth.load_certificate(client_secret)
+    if secret is None:
+        raise ValueError(f"{client_secret}: a public certificate; the device needs its secret key (*.key_secret)")
+    return server, public, secret

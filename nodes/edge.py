@@ -5,13 +5,26 @@ accept (malformed, oversized, out of order, unauthenticated, over the session li
 :class:`~nodes.wire.Error` reply or is dropped, and the edge keeps serving everyone else. A
 duplicate of the last round's message (a device retrying after a timeout) gets the same reply
 again, so retries are safe.
+
+Hostile input is bounded before anything is allocated from it: a prompt must fit the target's
+positions and :attr:`EdgeLimits.max_prompt_tokens`; array shapes are compared with the ones the
+session expects (γ or the requested positions × the head's drafter width, γ × vocabulary) before
+a byte is decoded. A session is bound to its hello: ``hello_ack`` returns a random secret that
+every later message must carry, so a peer that takes over a device's ZeroMQ identity can neither
+read, advance, reset nor close its session. With CURVE, a ZAP handler (``zmq.auth``) admits only
+client keys from an allow-list.
 """
 from __future__ import annotations
 
+import hmac
 import logging
+import os
+import secrets
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
+import numpy as np
 import torch
 import zmq
 
@@ -20,21 +33,24 @@ from nodes.decoding import RoundOutcome, Verifier, autoregressive_generate, veri
 from nodes.decoding.policies import VerificationPolicy
 from nodes.profiles import ComputeProfile, sleep_ms
 from nodes.protocols import PROTOCOLS, Protocol
-from nodes.wire import (Bye, Draft, Error, Hello, HelloAck, HiddenRequest, HiddenUpload, Message, Result, Start,
-                        StartAck, Verdict, WireError, decode, encode)
+from nodes.wire import (WIRE_DTYPES, Bye, Draft, Envelope, Error, Hello, HelloAck, HiddenRequest, HiddenUpload, Result,
+                        Start, StartAck, Verdict, WireError, decode_envelope, encode)
 
 log = logging.getLogger(__name__)
+MAX_ERROR_CHARS = 300  # error replies echo peer input: cut them
 
 
 @dataclass(frozen=True)
 class EdgeLimits:
     """max_message_bytes: larger messages are refused unread by ZeroMQ and rejected by decode;
-    max_gamma: longest draft; max_sessions: concurrent devices; max_new_tokens: per request."""
+    max_gamma: longest draft; max_sessions: concurrent devices; max_new_tokens: per request;
+    max_prompt_tokens: longest prompt (tokens; the target's positions bound it further)."""
 
     max_message_bytes: int = 8 << 20
     max_gamma: int = 32
     max_sessions: int = 64
     max_new_tokens: int = 1024
+    max_prompt_tokens: int = 4096
     idle_timeout_s: float = 60.0  # a full edge evicts sessions idle this long (a device that vanished)
 
 
@@ -64,6 +80,9 @@ class Session:
     last_reply: list[bytes] = field(default_factory=list)
     generator: torch.Generator = field(default_factory=torch.Generator)
     last_seen: float = field(default_factory=time.monotonic)
+    secret: str = ""  # returned in hello_ack; every later message must carry it
+    ident: bytes = b""  # the ZeroMQ identity that last used the session
+    drafter_width: int | None = None  # drafter hidden rows the policy reads are this wide (None: it reads none)
 
 
 class EdgeServer:
@@ -75,34 +94,59 @@ class EdgeServer:
     def __init__(self, target: torch.nn.Module, eos_token_id: int | None, bind: str | None = "tcp://0.0.0.0:5555",
                  limits: EdgeLimits = EdgeLimits(), token: str = "", head_dir: str | None = None,
                  curve_secret_key: bytes | None = None, profile: ComputeProfile = ComputeProfile(),
-                 lambda_ms: float | None = None):
+                 lambda_ms: float | None = None, curve_allow: str | os.PathLike | None = None):
+        """``curve_allow``: with ``curve_secret_key``, the folder of allowed client public keys
+        (``*.key`` certificates), or ``zmq.auth.CURVE_ALLOW_ANY`` to admit any client key; CURVE
+        without one of them is refused (ValueError)."""
         self.target, self.eos, self.limits, self.token = target, eos_token_id, limits, token
         self.profile, self.lambda_ms, self.head_dir = profile, lambda_ms, head_dir
         self.sock = None
         self.endpoint = ""
+        self._ctx: zmq.Context | None = None
+        self._auth = None
+        if curve_allow is not None and curve_secret_key is None:
+            raise ValueError("an allow-list of client keys needs CURVE (a curve secret key)")
         if bind is not None:  # bind=None: no socket, frames are handed in directly (simulation)
-            self.sock = zmq.Context.instance().socket(zmq.ROUTER)
-            self.sock.setsockopt(zmq.MAXMSGSIZE, limits.max_message_bytes)
-            self.sock.setsockopt(zmq.LINGER, 0)
-            self.sock.setsockopt(zmq.ROUTER_HANDOVER, 1)  # a reconnecting device takes over its identity
-            if curve_secret_key is not None:
-                self.sock.curve_server = True
-                self.sock.curve_secretkey = curve_secret_key
-            self.sock.bind(bind)
-            self.endpoint = self.sock.getsockopt_string(zmq.LAST_ENDPOINT)
-        self.sessions: dict[bytes, Session] = {}
+            self._ctx = zmq.Context()  # its own context: the ZAP handler is per context
+            try:
+                self._open_socket(bind, curve_secret_key, curve_allow)
+            except Exception:
+                self.close()
+                raise
+        self.sessions: dict[str, Session] = {}  # by session secret
+        self._max_list_len = max(1 << 17, limits.max_prompt_tokens)  # longest list a header may hold
         self._next_sid = 1
         self._running = True
         self.stats = {"messages": 0, "errors": 0, "rounds": 0}
+
+    def _open_socket(self, bind: str, curve_secret_key: bytes | None, curve_allow: str | os.PathLike | None) -> None:
+        """Bind the ROUTER (CURVE server with its authenticator when a secret key is given)."""
+        if curve_secret_key is not None:
+            self._auth = curve_authenticator(self._ctx, curve_allow)
+        self.sock = self._ctx.socket(zmq.ROUTER)
+        self.sock.setsockopt(zmq.MAXMSGSIZE, self.limits.max_message_bytes)
+        self.sock.setsockopt(zmq.LINGER, 0)
+        self.sock.setsockopt(zmq.ROUTER_HANDOVER, 1)  # a reconnecting device takes over its identity
+        if curve_secret_key is not None:
+            self.sock.curve_server = True
+            self.sock.curve_secretkey = curve_secret_key
+        self.sock.bind(bind)
+        self.endpoint = self.sock.getsockopt_string(zmq.LAST_ENDPOINT)
 
     def stop(self) -> None:
         """Ask ``serve`` to return."""
         self._running = False
 
     def close(self) -> None:
-        """Close the socket."""
+        """Close the socket, stop the CURVE authenticator and end the edge's ZeroMQ context."""
         if self.sock is not None:
             self.sock.close(0)
+        if self._auth is not None:
+            self._auth.stop()
+            self._auth = None
+        if self._ctx is not None:
+            self._ctx.term()
+            self._ctx = None
 
     def serve(self, poll_ms: int = 100, until: float | None = None) -> None:
         """Handle messages until stopped (or until monotonic second ``until``)."""
@@ -122,43 +166,54 @@ class EdgeServer:
         """The reply frames to one message from device ``ident`` (None: no reply); never raises."""
         self.stats["messages"] += 1
         try:
-            return self._handle(ident, decode(body, self.limits.max_message_bytes))
+            return self._handle(ident, decode_envelope(body, self.limits.max_message_bytes,
+                                                       max_list_len=self._max_list_len))
         except WireError as e:
             self.stats["errors"] += 1
-            log.warning("rejected a message from %r: %s", ident, e)
-            return encode(Error(e.code, str(e)))
+            log.warning("rejected a message from %r: %s", ident[:64], e)
+            return encode(Error(e.code, str(e)[:MAX_ERROR_CHARS]))
         except Exception as e:  # a bug must not take the edge down for everyone
             self.stats["errors"] += 1
-            log.exception("internal error serving %r", ident)
-            return encode(Error("internal", f"{type(e).__name__}: {e}"))
+            log.exception("internal error serving %r", ident[:64])
+            return encode(Error("internal", f"{type(e).__name__}: {e}"[:MAX_ERROR_CHARS]))
 
     # ------------------------------------------------------------------ handlers
-    def _handle(self, ident: bytes, msg: Message) -> list[bytes] | None:
-        if isinstance(msg, Hello):
-            return self._hello(ident, msg)
-        s = self.sessions.get(ident)
-        if s is None:
-            raise WireError("no_session", "send hello first")
-        s.last_seen = time.monotonic()
-        if isinstance(msg, Bye):
-            del self.sessions[ident]
+    def _handle(self, ident: bytes, env: Envelope) -> list[bytes] | None:
+        if env.cls is Hello:
+            return self._hello(ident, env.message())
+        s = self._session(ident, env.fields.get("secret", ""))
+        s.last_seen, s.ident = time.monotonic(), ident
+        if env.cls is Bye:
+            del self.sessions[s.secret]
             return None
-        key = (type(msg).__name__, getattr(msg, "request_id", ""), getattr(msg, "round", None))
+        msg = env.message(arrays=False)  # arrays are decoded by the handler, once their shape is checked
+        key = (msg.TYPE, getattr(msg, "request_id", ""), getattr(msg, "round", None))
         if key == s.last_key and s.last_reply:
             return s.last_reply  # a retry: same answer, no recomputation
         if isinstance(msg, Start):
             reply = self._start(s, msg)
         elif isinstance(msg, Draft):
-            reply = self._draft(s, msg)
+            reply = self._draft(s, msg, env)
         elif isinstance(msg, HiddenUpload):
-            reply = self._hidden(s, msg)
+            reply = self._hidden(s, msg, env)
         else:
             raise WireError("unknown_type", f"{msg.TYPE} is not a request an edge serves")
         s.last_key, s.last_reply = key, reply
         return reply
 
+    def _session(self, ident: bytes, secret: str) -> Session:
+        """The session whose secret is ``secret``. WireError ``unauthenticated`` when the sender's
+        identity has a session but the secret is not its (a peer that took over the identity),
+        ``no_session`` otherwise (no hello yet, or an edge that restarted)."""
+        s = self.sessions.get(secret) if secret else None
+        if s is not None and hmac.compare_digest(s.secret.encode(), secret.encode()):
+            return s
+        if any(x.ident == ident for x in self.sessions.values()):
+            raise WireError("unauthenticated", "missing or wrong session secret (send the one hello_ack returned)")
+        raise WireError("no_session", "send hello first")
+
     def _hello(self, ident: bytes, h: Hello) -> list[bytes]:
-        if self.token and h.token != self.token:
+        if self.token and not hmac.compare_digest(h.token.encode(), self.token.encode()):
             raise WireError("unauthenticated", "wrong or missing token")
         try:
             protocol = PROTOCOLS.get(h.protocol)
@@ -166,28 +221,46 @@ class EdgeServer:
             raise WireError("bad_request", str(e)) from None
         if not 1 <= h.gamma <= self.limits.max_gamma:
             raise WireError("bad_request", f"gamma {h.gamma} outside 1..{self.limits.max_gamma}")
-        if ident not in self.sessions and len(self.sessions) >= self.limits.max_sessions:
+        if h.hidden_dtype not in WIRE_DTYPES:
+            raise WireError("bad_request", f"hidden_dtype must be one of {', '.join(WIRE_DTYPES)}")
+        if len(self.sessions) >= self.limits.max_sessions:
             now = time.monotonic()
             for k in [k for k, v in self.sessions.items() if now - v.last_seen > self.limits.idle_timeout_s]:
                 log.info("evicting idle session %d", self.sessions.pop(k).sid)
-        if ident not in self.sessions and len(self.sessions) >= self.limits.max_sessions:
+        if len(self.sessions) >= self.limits.max_sessions:
             raise WireError("too_many_sessions", f"the edge serves at most {self.limits.max_sessions} devices")
         try:
             policy = None if protocol.edge_only else protocol.edge_policy(h.temperature, self.head_dir, self.lambda_ms)
+            width = drafter_hidden_width(policy)
         except (ValueError, FileNotFoundError) as e:
             raise WireError("bad_request", str(e)) from None
-        s = Session(self._next_sid, h, protocol, Verifier(self.target), policy)
-        s.generator.manual_seed(h.seed + 7)
+        s = Session(self._next_sid, h, protocol, Verifier(self.target), policy, secret=secrets.token_hex(16),
+                    ident=ident, drafter_width=width)
+        s.generator.manual_seed((h.seed + 7) % (1 << 64))  # any int64 seed a peer sends is valid
         self._next_sid += 1
-        self.sessions[ident] = s
-        return encode(HelloAck(s.sid, self.limits.max_gamma, int(self.target.config.hidden_size)))
+        self.sessions[s.secret] = s  # a new hello never touches another session, even from the same identity
+        return encode(HelloAck(s.sid, self.limits.max_gamma, int(self.target.config.hidden_size), s.secret))
+
+    def _check_prompt(self, prompt: list[int], max_new_tokens: int) -> None:
+        """WireError ``bad_request`` unless ``prompt`` (token ids) is non-empty, within the
+        vocabulary, at most ``max_prompt_tokens`` long and leaves ``max_new_tokens`` of the
+        target's positions (``config.max_position_embeddings``, when it has one); checked before
+        any allocation or forward."""
+        if not 1 <= max_new_tokens <= self.limits.max_new_tokens:
+            raise WireError("bad_request", f"max_new_tokens outside 1..{self.limits.max_new_tokens}")
+        n = len(prompt)
+        if n > self.limits.max_prompt_tokens:
+            raise WireError("bad_request", f"prompt of {n} tokens exceeds the edge's {self.limits.max_prompt_tokens}")
+        positions = getattr(self.target.config, "max_position_embeddings", None)
+        if isinstance(positions, int) and n + max_new_tokens > positions:
+            raise WireError("bad_request", f"prompt of {n} tokens + max_new_tokens {max_new_tokens} exceed the "
+                                           f"target's {positions} positions")
+        vocab = int(self.target.config.vocab_size)
+        if not prompt or any(not 0 <= t < vocab for t in prompt):
+            raise WireError("bad_request", "prompt must be non-empty token ids within the vocabulary")
 
     def _start(self, s: Session, m: Start) -> list[bytes]:
-        vocab = int(self.target.config.vocab_size)
-        if not m.prompt or any(not 0 <= t < vocab for t in m.prompt):
-            raise WireError("bad_request", "prompt must be non-empty token ids within the vocabulary")
-        if not 1 <= m.max_new_tokens <= self.limits.max_new_tokens:
-            raise WireError("bad_request", f"max_new_tokens outside 1..{self.limits.max_new_tokens}")
+        self._check_prompt(m.prompt, m.max_new_tokens)
         if s.protocol.edge_only:
             t0 = time.perf_counter()
             out = autoregressive_generate(s.verifier.lm, m.prompt, m.max_new_tokens, self.eos)
@@ -204,7 +277,7 @@ class EdgeServer:
             raise WireError("out_of_order", f"round {rnd} while round {r.round} is expected")
         return r
 
-    def _draft(self, s: Session, m: Draft) -> list[bytes]:
+    def _draft(self, s: Session, m: Draft, env: Envelope) -> list[bytes]:
         if s.protocol.edge_only:
             raise WireError("bad_request", f"{s.protocol.name} takes no drafts: the target decodes alone")
         r = self._check_round(s, m.request_id, m.round)
@@ -212,28 +285,47 @@ class EdgeServer:
             raise WireError("out_of_order", "hidden states for the previous draft are still awaited")
         g = len(m.tokens)
         vocab = int(self.target.config.vocab_size)
-        if not 1 <= g <= s.hello.gamma or any(not 0 <= t < vocab for t in m.tokens):
-            raise WireError("bad_request", f"draft must hold 1..{s.hello.gamma} token ids within the vocabulary")
-        if s.policy.needs_drafter_probs and (m.probs is None or tuple(m.probs.shape) != (g, vocab)):
+        longest = min(s.hello.gamma, r.max_new_tokens - (len(r.seq) - r.prompt_len))  # no draft past max_new_tokens
+        if not 1 <= g <= longest or any(not 0 <= t < vocab for t in m.tokens):
+            raise WireError("bad_request", f"draft must hold 1..{longest} token ids within the vocabulary")
+        csi = csi_report(m.csi)
+        hidden = self._draft_array(env, "hidden", (g, s.drafter_width) if s.drafter_width else None,
+                                   "drafter hidden states")
+        needs_probs = s.policy.needs_drafter_probs
+        probs = self._draft_array(env, "probs", (g, vocab) if needs_probs else None, "drafter probabilities")
+        if needs_probs and probs is None:
             raise WireError("bad_request", "rejection sampling needs the drafter probabilities [γ, V]")
-        if m.hidden is not None and m.hidden.shape[0] != g:
-            raise WireError("bad_request", "hidden states must have one row per draft token")
         r.pending = verify_round(s.verifier, s.policy, r.seq, list(m.tokens),
-                                 drafter_probs=torch.as_tensor(m.probs) if m.probs is not None else None,
-                                 drafter_hidden=torch.as_tensor(m.hidden) if m.hidden is not None else None,
-                                 csi=CSI.from_wire(m.csi), temperature=s.hello.temperature, generator=s.generator)
+                                 drafter_probs=torch.as_tensor(probs) if probs is not None else None,
+                                 drafter_hidden=torch.as_tensor(hidden) if hidden is not None else None,
+                                 csi=csi, temperature=s.hello.temperature, generator=s.generator)
         if r.pending.request_rows:  # mismatch-first: ask for the mismatched positions only
             return encode(HiddenRequest(m.request_id, m.round, r.pending.request_rows))
         return self._verdict(s, r)
 
-    def _hidden(self, s: Session, m: HiddenUpload) -> list[bytes]:
+    @staticmethod
+    def _draft_array(env: Envelope, name: str, shape: tuple[int, int] | None, what: str) -> np.ndarray | None:
+        """Array ``name`` of a draft decoded only if it has ``shape`` (None: the session's policy
+        reads no such array, and a draft that carries one is refused)."""
+        if shape is None:
+            if env.shape(name) is not None:
+                raise WireError("bad_request", f"this session's policy reads no {what}")
+            return None
+        return env.array(name, shape)
+
+    def _hidden(self, s: Session, m: HiddenUpload, env: Envelope) -> list[bytes]:
         r = self._check_round(s, m.request_id, m.round)
         if r.pending is None or not r.pending.request_rows:
             raise WireError("out_of_order", "no hidden states were requested")
-        if m.hidden is None or m.hidden.ndim != 2 or m.hidden.shape[0] != len(m.positions):
+        positions = list(m.positions)
+        if len(set(positions)) != len(positions) or sorted(positions) != sorted(r.pending.request_rows):
+            raise WireError("bad_request", f"positions {positions[:64]} are not those requested, "
+                                           f"{r.pending.request_rows}, each once")
+        if env.shape("hidden") is None or not s.drafter_width:
             raise WireError("bad_request", "hidden upload must hold one row per requested position")
+        rows = env.array("hidden", (len(positions), s.drafter_width))  # shape checked before decoding
         try:
-            r.pending.supply_hidden(list(m.positions), torch.as_tensor(m.hidden))
+            r.pending.supply_hidden(positions, torch.as_tensor(rows))
         except ValueError as e:
             raise WireError("bad_request", str(e)) from None
         return self._verdict(s, r)
@@ -241,7 +333,8 @@ class EdgeServer:
     def _verdict(self, s: Session, r: Request) -> list[bytes]:
         out, r.pending = r.pending, None
         v = out.decision
-        pad_ms = self.profile.pad_ms(out.verify_ms, out.ctx.gamma)
+        # simulated (no socket): the profile's time exactly; real: measured, padded up to it
+        verify_ms, pad_ms = self.profile.charge(out.verify_ms, out.ctx.gamma + 1, out.n_prefill, exact=self.sock is None)
         if pad_ms and self.sock is not None:
             sleep_ms(pad_ms)
         new = out.new_tokens
@@ -251,9 +344,56 @@ class EdgeServer:
         done = (self.eos is not None and self.eos in new) or produced >= r.max_new_tokens
         reply = Verdict(r.request_id, r.round, v.n_accepted, v.next_token, v.n_exact,
                         -1 if v.first_mismatch is None else v.first_mismatch, v.n_harmless,
-                        out.verify_ms + pad_ms, done, pad_ms)
+                        verify_ms, done, pad_ms)
         r.round += 1
         self.stats["rounds"] += 1
         if done:
             s.request = None
         return encode(reply)
+
+
+def drafter_hidden_width(policy: VerificationPolicy | None) -> int | None:
+    """Width of the drafter hidden rows ``policy`` reads (its head's ``drafter_hidden`` input
+    dimension), None when it reads none; ValueError when it reads them without saying how wide."""
+    if policy is None or not policy.needs_drafter_hidden:
+        return None
+    dims = getattr(getattr(getattr(policy, "head", None), "spec", None), "dims", None) or {}
+    if "drafter_hidden" not in dims:
+        raise ValueError(f"policy {policy.name} reads drafter hidden states but states no width")
+    return int(dims["drafter_hidden"])
+
+
+def csi_report(values: dict[str, float]) -> CSI:
+    """The CSI report of a draft; WireError ``bad_request`` for a negative rate or delay or a
+    loss outside 0–1 (a rate of 0, an outage, is a valid report)."""
+    csi = CSI.from_wire(values)
+    if min(csi.rate_up_mbps, csi.rate_down_mbps, csi.delay_up_ms, csi.delay_down_ms) < 0 \
+            or not (0.0 <= csi.loss_up <= 1.0 and 0.0 <= csi.loss_down <= 1.0):
+        raise WireError("bad_request", "CSI report: rates and delays must be >= 0 and losses within 0-1")
+    return csi
+
+
+def curve_authenticator(ctx: zmq.Context, allow: str | os.PathLike | None):
+    """A started ZAP handler (``zmq.auth.thread.ThreadAuthenticator``) in ``ctx`` admitting CURVE
+    clients whose public key is in folder ``allow`` (its ``*.key`` certificates, as
+    ``wisv node keys --client NAME`` or ``zmq.auth.create_certificates`` write them; read once,
+    at start), or any client when ``allow`` is ``zmq.auth.CURVE_ALLOW_ANY`` (never by default).
+    ValueError when ``allow`` is None or not a folder."""
+    import zmq.auth
+    from zmq.auth.thread import ThreadAuthenticator
+
+    if allow is None:
+        raise ValueError("CURVE needs an allow-list of client keys (a folder of *.key certificates) "
+                         "or, explicitly, zmq.auth.CURVE_ALLOW_ANY")
+    if allow != zmq.auth.CURVE_ALLOW_ANY:
+        folder = Path(allow)
+        if not folder.is_dir():
+            raise ValueError(f"{folder}: not a folder of client public keys (*.key)")
+        n_keys = len(list(folder.glob("*.key")))
+        (log.info if n_keys else log.warning)("CURVE allow-list %s: %d client key(s)", folder, n_keys)
+    else:
+        log.warning("CURVE: any client key is admitted (no allow-list)")
+    auth = ThreadAuthenticator(ctx, log=logging.getLogger(__name__ + ".zap"))
+    auth.start()
+    auth.configure_curve(domain="*", location=str(allow))
+    return auth

@@ -10,35 +10,71 @@ from pathlib import Path
 
 
 def spec_overrides(a: argparse.Namespace) -> dict:
-    """Command-line overrides of spec keys."""
+    """Command-line overrides of spec keys (merged key by key: ``--problems`` keeps the split)."""
     o: dict = {}
-    if getattr(a, "problems", None):
+    if getattr(a, "problems", None) is not None:
         o["task"] = {"problems": a.problems}
     if getattr(a, "protocols", None):
         o["protocols"] = a.protocols.split(",")
-    if getattr(a, "gamma", None):
+    if getattr(a, "gamma", None) is not None:
         o["gamma"] = a.gamma
     if getattr(a, "trace", None):
-        o["trace"] = {"file": a.trace}
+        o["trace"] = {"file": a.trace, "generate": None}
     return o
 
 
-def cmd_run(a: argparse.Namespace) -> int:
-    from runs.experiment import run_experiment
-    from runs.report import markdown, report
-    from runs.spec import load_spec
+def fresh_dir(parent: str, prefix: str) -> Path:
+    """A new directory ``parent/<prefix>-<date>-<time>-<4 hex>`` (never an existing one)."""
+    import time
 
+    path = Path(parent) / f"{prefix}-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:4]}"
+    path.mkdir(parents=True)
+    return path
+
+
+def cmd_run(a: argparse.Namespace) -> int:
+    from runs.experiment import check_output_dir, run_experiment
+    from runs.report import failed_protocols
+    from runs.spec import load_spec, spec_schema_markdown
+
+    if a.schema:
+        sys.stdout.write(spec_schema_markdown())
+        return 0
     runs = load_spec(a.spec, spec_overrides(a))
-    out = Path(a.output)
+    if a.output:
+        out = Path(a.output)
+        check_output_dir(out, a.resume, a.overwrite)
+    else:
+        out = fresh_dir("runs/out", "run")
     signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
     try:
-        run_experiment(runs, out, "simulate" if a.simulate else "emulate")
-    finally:
-        if (out / "requests.parquet").exists():
-            df, plots = report([out])
-            sys.stdout.write(markdown(df))
-            sys.stdout.write(f"results, report.md, report.csv and plots/ in {out}/\n")
+        run_experiment(runs, out, "simulate" if a.simulate else "emulate", resume=a.resume)
+    except BaseException:  # the run's own error (Ctrl-C: exit 130) must win over a failing report
+        try:
+            _print_report(out)
+        except Exception as e:  # noqa: BLE001
+            sys.stderr.write(f"wisv: no report of the partial results: {e}\n")
+        raise
+    df = _print_report(out)
+    failed = failed_protocols(df) if df is not None else []
+    if failed:
+        sys.stderr.write(f"wisv: error: failed requests in {', '.join(failed)}: their figures cover only the "
+                         f"requests that completed (see the failed column and requests.parquet)\n")
+        return 3
     return 0
+
+
+def _print_report(out: Path):
+    """Report what finished in ``out`` (report.md, report.csv, plots/), print its table, return
+    it; None when no request finished."""
+    from runs.report import markdown, report
+
+    if not (out / "requests.parquet").exists():
+        return None
+    df, _ = report([out])
+    sys.stdout.write(markdown(df))
+    sys.stdout.write(f"results, report.md, report.csv and plots/ in {out}/\n")
+    return df
 
 
 def cmd_report(a: argparse.Namespace) -> int:
@@ -70,7 +106,7 @@ def _simulated(a: argparse.Namespace, protocols: list[str], out: Path | None) ->
 def cmd_simulate(a: argparse.Namespace) -> int:
     from runs.summary import format_table
 
-    out = Path(a.output)
+    out = fresh_dir(a.output, "sim")
     res = _simulated(a, a.protocols.split(","), out)
     if a.json:
         sys.stdout.write(json.dumps({k: v.__dict__ for k, v in res.items()}) + "\n")
@@ -106,7 +142,7 @@ def register_simulate(sub: argparse._SubParsersAction, head_commands: argparse._
 
     p = sub.add_parser("simulate", help="run protocols with the link modelled from a trace (no root)")
     _simulation_args(p, ["ar-edge", "vanilla", *PROTOCOLS.with_head()], 20)
-    p.add_argument("-o", "--output", default="runs/out/simulate", help="where logs and summary.json go")
+    p.add_argument("-o", "--output", default="runs/out", help="parent of the new run directory (sim-<date>-<time>-<id>)")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
     p.set_defaults(func=cmd_simulate)
     e = head_commands.add_parser("eval", help="protocols with the shipped heads over a trace (simulated link)")
@@ -118,15 +154,18 @@ def register(sub: argparse._SubParsersAction) -> None:
     """Add ``wisv run`` and ``wisv report``."""
     p = sub.add_parser("run", help="run an experiment spec (default: the built-in one), emulated (root) or --simulate")
     p.add_argument("spec", nargs="?", help="experiment spec (YAML); none: the built-in default")
-    p.add_argument("-o", "--output", default="runs/out/run")
+    p.add_argument("-o", "--output", help="results directory (default: a new runs/out/run-<date>-<time>-<id>)")
+    p.add_argument("--resume", action="store_true", help="continue in -o: keep complete runs, rerun the rest")
+    p.add_argument("--overwrite", action="store_true", help="replace the experiment already in -o")
     p.add_argument("--simulate", action="store_true", help="analytic link instead of emulation (no root)")
-    p.add_argument("--problems", type=int)
-    p.add_argument("--protocols")
-    p.add_argument("--gamma", type=int)
-    p.add_argument("--trace")
+    p.add_argument("--problems", type=int, help="task.problems (problems per protocol, device and repetition)")
+    p.add_argument("--protocols", help="comma-separated protocols (spec key protocols)")
+    p.add_argument("--gamma", type=int, help="draft tokens per round (spec key gamma)")
+    p.add_argument("--trace", help="trace file (spec key trace.file)")
+    p.add_argument("--schema", action="store_true", help="print every spec key (type, default, meaning) and exit")
     p.set_defaults(func=cmd_run)
-    r = sub.add_parser("report", help="tables (95 %% CI, change vs vanilla) and plots of experiment directories")
-    r.add_argument("run_dirs", nargs="+")
+    r = sub.add_parser("report", help="tables (95 %% CI, paired change vs vanilla) and plots of experiment directories")
+    r.add_argument("run_dirs", nargs="+", help="experiment (or Python API run) directories")
     r.add_argument("-o", "--output", help="where report.md, report.csv and plots/ go (default: the first directory)")
-    r.add_argument("--json", action="store_true")
+    r.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
     r.set_defaults(func=cmd_report)

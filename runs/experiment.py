@@ -20,23 +20,53 @@ from runs.tables import collect_tables
 log = logging.getLogger(__name__)
 
 
-def _prepared_trace(run: RunSpec, out: Path) -> Path:
+def _prepared_trace(run: RunSpec, rep: int, out: Path) -> Path:
+    """The trace of repetition ``rep`` as replayed: slice and time-scale applied, then rotated to
+    the repetition's offset (its own channel realisation), written into the run directory."""
     from topologies.replayer import ReplayOptions, prepare
     from traces.format import read_trace, write_trace
+    from traces.ops import loop_trace, slice_trace
 
     r = run.values["replay"]
-    t = prepare(read_trace(run.trace_path()), ReplayOptions(r["start_ms"], r["end_ms"], None, r["time_scale"]))
+    t = prepare(read_trace(run.trace_path(rep)), ReplayOptions(r["start_ms"], r["end_ms"], None, r["time_scale"]))
+    offset = run.trace_offset_ms(rep, t.duration_ms)
+    if offset > 0:
+        t = slice_trace(loop_trace(t, 2 * t.duration_ms), offset, offset + t.duration_ms)
     return write_trace(t, out / "trace.parquet")
 
 
-def run_experiment(runs: list[RunSpec], out_dir: Path, mode: str = "emulate", progress: bool = True) -> dict:
-    """Run everything; returns {run name: {rep: {protocol: summary dict}}}. A failed run stops
-    the experiment (its partial logs stay) after the tables of what finished are written."""
+def is_complete(rd: Path) -> bool:
+    """True when a run directory holds the results of every protocol it ran (``summary.json``
+    is written last)."""
+    return (rd / "summary.json").exists()
+
+
+def check_output_dir(out_dir: Path, resume: bool, overwrite: bool) -> None:
+    """Refuse to mix new runs into a non-empty directory unless asked: ``resume`` keeps the
+    complete runs there, ``overwrite`` removes what an earlier experiment wrote there."""
+    if not out_dir.exists() or not any(out_dir.iterdir()) or resume:
+        return
+    ours = (out_dir / "meta.json").exists() or any(out_dir.glob("*/rep*/spec.json"))
+    if not overwrite:
+        raise RuntimeError(f"{out_dir} is not empty: pass --resume to continue the runs there, --overwrite to "
+                           f"replace them, or another -o")
+    if not ours:
+        raise RuntimeError(f"{out_dir} holds no experiment; --overwrite only replaces experiment directories")
+    import shutil
+
+    shutil.rmtree(out_dir)
+
+
+def run_experiment(runs: list[RunSpec], out_dir: Path, mode: str = "emulate", progress: bool = True,
+                   resume: bool = False) -> dict:
+    """Run everything; returns {run name: {rep: {protocol: summary dict}}}. With ``resume``, runs
+    whose results are complete are kept and skipped. A failed run stops the experiment (its
+    partial logs stay) after the tables of what finished are written."""
     if mode not in ("emulate", "simulate"):
         raise ValueError("mode must be emulate or simulate")
     out_dir.mkdir(parents=True, exist_ok=True)
     results: dict = {}
-    jobs = [(r, k) for r in runs for k in range(r.values["repetitions"])]
+    jobs = [(r, k) for r in runs for k in range(r.repetitions)]
     bar = None
     if progress:
         from tqdm import tqdm
@@ -46,12 +76,21 @@ def run_experiment(runs: list[RunSpec], out_dir: Path, mode: str = "emulate", pr
     try:
         for run, rep in jobs:
             rd = out_dir / run.name / f"rep{rep}"
-            rd.mkdir(parents=True, exist_ok=True)
+            if resume and is_complete(rd):
+                results.setdefault(run.name, {})[rep] = json.loads((rd / "summary.json").read_text())
+                if bar:
+                    bar.update(1)
+                continue
+            if rd.exists():  # an incomplete earlier attempt: start this run afresh
+                import shutil
+
+                shutil.rmtree(rd)
+            rd.mkdir(parents=True)
             cfg = run.run_config(rep, uuid.uuid4().hex)
-            (rd / "spec.json").write_text(json.dumps({**run.values, "repetition": rep, "mode": mode,
-                                                      "source": run.source}, indent=2) + "\n")
+            (rd / "spec.json").write_text(json.dumps({**run.values, "repetition": rep, "mode": mode, "source": run.source,
+                                                      "swept": run.swept}, indent=2) + "\n")
             cfg.write(rd / "config.json")
-            trace = _prepared_trace(run, rd)
+            trace = _prepared_trace(run, rep, rd)
             if mode == "simulate":
                 from nodes.models import load_pair
                 from runs.simulate import simulate

@@ -3,8 +3,9 @@ modelled analytically from a trace and a virtual clock — fast sweeps without r
 emulated runs' schema.
 
 Each message is charged :func:`channel_models.csi.transfer_ms` at the trace row in force when
-it is sent (the trace loops), with losses drawn from a seeded generator. Compute times are
-measured, padded by the run's compute profile, and advance the virtual clock. Messages go
+it is sent (the trace loops), with losses drawn from a seeded generator. Compute is charged
+from the run's compute profiles exactly (measured only where a node's profile is
+``measured``), so with profiles a simulation is a pure function of its spec: no wall clock. Messages go
 through the real encoder and the real edge handler, so byte counts and decisions are those of
 an emulated run; ``t_start``/``t_end`` in the logs are virtual seconds. Every protocol starts
 at the trace's beginning, so all protocols see the same channel.
@@ -13,7 +14,6 @@ from __future__ import annotations
 
 import json
 import logging
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -59,7 +59,10 @@ class AnalyticLink:
 
 
 class SimTransport:
-    """Hands encoded frames straight to an edge handler, charging link time to a virtual clock."""
+    """Hands encoded frames straight to an edge handler, charging link time and the compute the
+    nodes report (their profiles' times, or measured ones) to a virtual clock."""
+
+    virtual = True  # compute profiles set the time exactly
 
     def __init__(self, edge: EdgeServer, link: AnalyticLink, cfg: RunConfig):
         self.edge, self.link, self.cfg = edge, link, cfg
@@ -74,27 +77,26 @@ class SimTransport:
         """Virtual time in seconds (the logs' t_start/t_end in simulation)."""
         return self.t_ms / 1000.0
 
-    def compute(self, measured_ms: float, pad_ms: float) -> None:
-        """Device compute (measured + padding) advances the virtual clock."""
-        self.t_ms += measured_ms + pad_ms
+    def compute(self, charged_ms: float, pad_ms: float) -> None:
+        """Device compute advances the virtual clock by what the profile charged."""
+        self.t_ms += charged_ms
 
     def csi(self) -> CSI:
         """CSI in force now."""
         return self.link.csi(self.t_ms)
 
     def exchange(self, msg: Message, expect: tuple[type, ...], stats: dict) -> Message:
-        """Uplink, edge handling (measured compute + its profile's padding), downlink."""
+        """Uplink, edge handling (the compute the edge reports: ``verify_ms`` of a verdict or a
+        result), downlink — no wall clock anywhere."""
         frames = encode(msg, {"hidden": self.cfg.hidden_dtype, "probs": "f32"})
         up = encoded_size(frames)
         stats["up_bytes"] += up
         self.t_ms += self.link.transfer_ms(self.t_ms, up, "up")
-        t0 = time.perf_counter()
         reply_frames = self.edge.handle_frames(self.ident, frames)
-        self.t_ms += (time.perf_counter() - t0) * 1000.0
         if reply_frames is None:
             raise EdgeError("internal", "the edge sent no reply")
         reply = decode(reply_frames)
-        self.t_ms += getattr(reply, "pad_ms", 0.0)
+        self.t_ms += getattr(reply, "verify_ms", 0.0)
         down = encoded_size(reply_frames)
         stats["down_bytes"] += down
         self.t_ms += self.link.transfer_ms(self.t_ms, down, "down")

@@ -28,27 +28,37 @@ class ProtocolSummary:
 
 
 def format_table(res: dict[str, ProtocolSummary]) -> str:
-    """A fixed-width table of protocol summaries, with the latency change against vanilla."""
-    lines = [f"{'protocol':>15} {'acc':>6} {'acc.len':>8} {'rounds/100t':>11} {'lat mean ms':>11} {'p95 ms':>8} "
-             f"{'tok/s':>7} {'up B/tok':>9} {'Δlat vs vanilla':>15}"]
+    """A fixed-width table of protocol summaries. The latency change against vanilla is shown
+    only when neither protocol had failures (both then ran the same problems); ``wisv report``
+    gives paired ratios with intervals."""
+    lines = [f"{'protocol':>15} {'n':>4} {'failed':>6} {'acc':>6} {'acc.len':>8} {'rounds/100t':>11} "
+             f"{'lat mean ms':>11} {'p95 ms':>8} {'tok/s':>7} {'up B/tok':>9} {'Δlat vs vanilla':>15}"]
     base = res.get("vanilla")
     for k, v in res.items():
-        d = f"{(v.latency_ms_mean / base.latency_ms_mean - 1) * 100:+.1f} %" if base else "-"
-        lines.append(f"{k:>15} {v.accuracy:6.3f} {v.mean_accepted_len:8.2f} {v.rounds_per_100_tokens:11.1f} "
-                     f"{v.latency_ms_mean:11.1f} {v.latency_ms_p95:8.1f} {v.tokens_per_s:7.1f} "
-                     f"{v.up_bytes_per_token:9.1f} {d:>15}")
+        same = base is not None and not base.failed and not v.failed and base.problems == v.problems
+        d = f"{(v.latency_ms_mean / base.latency_ms_mean - 1) * 100:+.1f} %" if same else "-"
+        lines.append(f"{k + (' ⚠' if v.failed else ''):>15} {v.problems:4d} {v.failed:6d} {v.accuracy:6.3f} "
+                     f"{v.mean_accepted_len:8.2f} {v.rounds_per_100_tokens:11.1f} {v.latency_ms_mean:11.1f} "
+                     f"{v.latency_ms_p95:8.1f} {v.tokens_per_s:7.1f} {v.up_bytes_per_token:9.1f} {d:>15}")
+    if any(v.failed for v in res.values()):
+        lines.append("⚠ failed requests are left out of latency and token figures and count as wrong")
     return "\n".join(lines) + "\n"
 
 
 def summarise(protocol: str, requests: list[dict], rounds: list[dict]) -> ProtocolSummary:
     """Figures of one protocol from per-request records (``ok``, ``correct``, ``n_tokens``,
-    ``latency_ms``) and per-round records (``up_bytes``, ``down_bytes``)."""
-    toks = sum(r["n_tokens"] for r in requests)
-    lat = np.array([r["latency_ms"] for r in requests]) if requests else np.zeros(1)
+    ``latency_ms``, ``request_id``) and per-round records (``up_bytes``, ``down_bytes``,
+    ``request_id``): latency, tokens, rounds and bytes over the completed requests only (a
+    failed request is counted in ``failed``, never as speed); accuracy over all (failed = wrong)."""
+    ok = [r for r in requests if r["ok"]]
+    done = {r.get("request_id") for r in ok}
+    rounds = [x for x in rounds if x.get("request_id", None) in done or "request_id" not in x]
+    toks = sum(r["n_tokens"] for r in ok)
+    lat = np.array([r["latency_ms"] for r in ok]) if ok else np.full(1, np.nan)
     up = sum(x["up_bytes"] for x in rounds)
     down = sum(x["down_bytes"] for x in rounds)
-    return ProtocolSummary(protocol, len(requests), sum(not r["ok"] for r in requests),
+    return ProtocolSummary(protocol, len(requests), len(requests) - len(ok),
                            sum(bool(r["correct"]) for r in requests) / max(1, len(requests)), toks, len(rounds),
                            toks / max(1, len(rounds)), 100.0 * len(rounds) / max(1, toks), float(lat.mean()),
                            float(np.percentile(lat, 50)), float(np.percentile(lat, 95)),
-                           toks / max(1e-9, lat.sum() / 1000.0), up / max(1, toks), down / max(1, toks))
+                           toks / max(1e-9, np.nansum(lat) / 1000.0), up / max(1, toks), down / max(1, toks))

@@ -4,39 +4,175 @@ A run directory holds, per protocol (and per device when there are several: ``<p
 ``rounds-*.jsonl`` (one flat line per round), ``requests-*.json`` (per-request records and the
 run config they ran under) and, emulated, ``link-steps-*.csv``. ``rounds.parquet``,
 ``requests.parquet`` and ``link_steps.parquet`` are those rows with the columns ``run``,
-``rep``, ``mode``, ``gamma`` and ``lambda_ms`` added (README: output schema).
+``rep``, ``mode``, ``gamma`` and ``lambda_ms`` added, and one column per swept spec key
+(named by the dotted key, e.g. ``trace.generate.up.mean_snr_db``; README: output schema).
+
+A round's ``csi_*`` columns are the report sampled at its start; ``csi_worst_*`` columns add the
+worst link in force at any time during the round (lowest rate, longest delay, most loss, as
+:meth:`channel_models.csi.CSI.worst`), so an outage within a round shows: from the steps the
+replayer applied (emulated) or from the run's trace on the virtual clock (simulated).
+
+A run that failed or was interrupted leaves partial files: an empty or header-only
+``link-steps-*.csv``, a half-written last line in ``rounds-*.jsonl``, no ``requests-*.json``;
+they are read as far as they go (never an error that hides the run's own).
 """
 from __future__ import annotations
 
 import json
+import logging
+import re
 import time
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 TABLES = ("rounds", "requests", "link_steps")
+log = logging.getLogger(__name__)
+# csi_worst_<field>: (link-step / trace column, scale to the CSI field's unit, worst is the max?)
+WORST_CSI = {"csi_worst_rate_up_mbps": ("rate_bps_up", 1e-6, False),
+             "csi_worst_rate_down_mbps": ("rate_bps_down", 1e-6, False),
+             "csi_worst_delay_up_ms": ("delay_ms_up", 1.0, True),
+             "csi_worst_delay_down_ms": ("delay_ms_down", 1.0, True),
+             "csi_worst_loss_up": ("loss_up", 1.0, True),
+             "csi_worst_loss_down": ("loss_down", 1.0, True)}
+
+
+def read_jsonl(path: Path) -> pd.DataFrame:
+    """The records of a JSON-lines log; a line that does not parse (the half-written last line of
+    a killed writer) is skipped with a warning."""
+    rows, bad = [], 0
+    with open(path, encoding="utf-8", errors="replace") as f:
+        for line in f:
+            if not line.strip():
+                continue
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError:
+                bad += 1
+    if bad:
+        log.warning("%s: skipped %d line(s) that do not parse (a killed writer's last line)", path, bad)
+    return pd.DataFrame(rows)
+
+
+def read_csv_or_empty(path: Path) -> pd.DataFrame:
+    """A CSV file as a DataFrame; an empty file (no header) is an empty frame, not an error."""
+    try:
+        return pd.read_csv(path)
+    except pd.errors.EmptyDataError:
+        return pd.DataFrame()
+
+
+def _device_index(device_id: str) -> int:
+    """Device ``dev<k>``'s index k (0 for anything else)."""
+    m = re.fullmatch(r"dev(\d+)", str(device_id))
+    return int(m.group(1)) if m else 0
+
+
+def _worst_in_windows(times_s: np.ndarray, values: np.ndarray, t0_s: np.ndarray, t1_s: np.ndarray,
+                      take_max: bool) -> np.ndarray:
+    """Per window [t0, t1]: the worst (max or min) of ``values`` in force at any time in it —
+    the step in force at t0 (the first one before any) and every step that starts up to t1.
+    ``times_s`` sorted ascending."""
+    first = np.maximum(np.searchsorted(times_s, t0_s, side="right") - 1, 0)
+    stop = np.maximum(np.searchsorted(times_s, t1_s, side="right"), first + 1)
+    reduce = np.max if take_max else np.min
+    return np.array([reduce(values[a:b]) for a, b in zip(first, stop)], dtype=float)
+
+
+def worst_csi_columns(rounds: pd.DataFrame, steps: pd.DataFrame, time_col: str,
+                      period_s: float | None = None) -> pd.DataFrame:
+    """:data:`WORST_CSI` columns for ``rounds`` (one device's) from ``steps``: the link values
+    with the time each came into force (``time_col``, on the clock of the rounds'
+    ``t_start``/``t_end``, seconds). With ``period_s`` the steps repeat (a looping trace on a
+    virtual clock): the windows are folded into one period."""
+    steps = steps.sort_values(time_col)
+    times = steps[time_col].to_numpy(dtype=float)
+    t0, t1 = rounds["t_start"].to_numpy(dtype=float), rounds["t_end"].to_numpy(dtype=float)
+    wrap = np.zeros(len(rounds), dtype=bool)
+    if period_s:
+        whole = (t1 - t0) >= period_s
+        t0, t1 = np.mod(t0, period_s), np.mod(t1, period_s)
+        wrap = ~whole & (t1 < t0)  # the window runs past the period's end: [t0, P) and [0, t1]
+        t0, t1 = np.where(whole, times[0], t0), np.where(whole, np.inf, t1)
+    out = {}
+    for col, (src, scale, take_max) in WORST_CSI.items():
+        v = steps[src].to_numpy(dtype=float) * scale
+        w = _worst_in_windows(times, v, t0, np.where(wrap, np.inf, t1), take_max)
+        if wrap.any():
+            head = _worst_in_windows(times, v, np.full(len(t0), times[0]), t1, take_max)
+            w = np.where(wrap, (np.maximum if take_max else np.minimum)(w, head), w)
+        out[col] = w
+    return pd.DataFrame(out, index=rounds.index)
+
+
+def _with_worst_csi(df: pd.DataFrame, rd: Path, mode: str, steps_by_protocol: dict[str, pd.DataFrame]) -> pd.DataFrame:
+    """``df`` (rounds) with the :data:`WORST_CSI` columns where the link is known: the applied
+    link steps (emulated), or the run's trace (simulated); unchanged otherwise."""
+    if not len(df) or not {"t_start", "t_end", "protocol", "device_id"} <= set(df.columns):
+        return df
+    parts = []
+    for (protocol, device), g in df.groupby(["protocol", "device_id"], sort=False):
+        k = _device_index(device)
+        steps, time_col, period = None, "applied_epoch_s", None
+        if mode == "emulate":
+            s = steps_by_protocol.get(protocol)
+            if s is not None and "applied_epoch_s" in s.columns:
+                steps = s[s["device"] == k] if "device" in s.columns else s
+        else:
+            steps, period = _trace_steps(rd, k)
+            time_col = "t_s"
+        if steps is not None and len(steps):
+            g = g.join(worst_csi_columns(g, steps, time_col, period))
+        parts.append(g)
+    return pd.concat(parts).loc[df.index]
+
+
+def _trace_steps(rd: Path, k: int) -> tuple[pd.DataFrame | None, float | None]:
+    """The trace a simulated run replayed for device ``k`` (``trace-d<k>.parquet`` or
+    ``trace.parquet``) as steps on the virtual clock (``t_s``), and its period in s."""
+    from traces.format import read_trace
+
+    for name in (f"trace-d{k}.parquet", "trace.parquet"):
+        if (rd / name).exists():
+            t = read_trace(rd / name)
+            d = t.data.copy()
+            d["t_s"] = (d["t_ms"] - d["t_ms"].iloc[0]) / 1000.0
+            return d, (t.duration_ms / 1000.0) or None
+    return None, None
 
 
 def run_dir_frames(rd: Path, run: str, rep: int, mode: str) -> dict[str, list[pd.DataFrame]]:
-    """The rows of one run directory, tagged (see the module docstring)."""
+    """The rows of one run directory, tagged (see the module docstring). A file that cannot be
+    read is skipped with a warning."""
     out: dict[str, list[pd.DataFrame]] = {t: [] for t in TABLES}
     tags: dict[str, dict] = {}
     for f in sorted(rd.glob("requests-*.json")):
-        obj = json.loads(f.read_text())
+        try:
+            obj = json.loads(f.read_text())
+        except (OSError, json.JSONDecodeError) as e:
+            log.warning("%s: skipped (%s)", f, e)
+            continue
         cfg = obj.get("config", {})
         tag = {"run": run, "rep": rep, "mode": mode, "gamma": cfg.get("gamma"), "lambda_ms": cfg.get("lambda_ms")}
         tags[f.stem[len("requests-"):]] = tag
-        if obj["requests"]:
+        if obj.get("requests"):
             out["requests"].append(pd.DataFrame(obj["requests"]).assign(protocol=obj["protocol"], **tag))
+    steps: dict[str, pd.DataFrame] = {}
+    for f in sorted(rd.glob("link-steps-*.csv")):
+        df = read_csv_or_empty(f)
+        if len(df):
+            steps[f.stem[len("link-steps-"):]] = df
+            out["link_steps"].append(df.assign(protocol=f.stem[len("link-steps-"):], run=run, rep=rep, mode=mode))
     for f in sorted(rd.glob("rounds-*.jsonl")):
-        df = pd.read_json(f, lines=True) if f.stat().st_size else pd.DataFrame()
+        df = read_jsonl(f)
         if len(df):
             suffix = f.stem[len("rounds-"):]
+            try:
+                df = _with_worst_csi(df, rd, mode, steps)
+            except Exception:  # noqa: BLE001 - extra columns must never lose the rounds
+                log.warning("%s: no csi_worst_* columns", f, exc_info=True)
             out["rounds"].append(df.assign(**tags.get(suffix, {"run": run, "rep": rep, "mode": mode})))
-    for f in sorted(rd.glob("link-steps-*.csv")):
-        df = pd.read_csv(f) if f.stat().st_size else pd.DataFrame()
-        if len(df):
-            out["link_steps"].append(df.assign(protocol=f.stem[len("link-steps-"):], run=run, rep=rep, mode=mode))
     return out
 
 
@@ -52,14 +188,16 @@ def write_tables(out_dir: Path, frames: dict[str, list[pd.DataFrame]], meta: dic
 def collect_tables(out_dir: Path, mode: str) -> None:
     """Gather every run of an experiment directory (``<run>/rep<k>/``) into its tables."""
     frames: dict[str, list[pd.DataFrame]] = {t: [] for t in TABLES}
-    runs = set()
+    runs, swept_keys = set(), set()
     for spec_file in sorted(out_dir.glob("*/rep*/spec.json")):
         rd = spec_file.parent
         spec = json.loads(spec_file.read_text())
         runs.add(rd.parent.name)
+        swept = spec.get("swept") or {}  # every swept key is a column, named by its dotted key
+        swept_keys |= set(swept)
         for name, parts in run_dir_frames(rd, rd.parent.name, int(rd.name[3:]), spec.get("mode", mode)).items():
-            frames[name] += parts
-    write_tables(out_dir, frames, {"mode": mode, "runs": sorted(runs)})
+            frames[name] += [p.assign(**swept) for p in parts]
+    write_tables(out_dir, frames, {"mode": mode, "runs": sorted(runs), "swept": sorted(swept_keys)})
 
 
 def write_run_tables(rd: Path, mode: str = "emulate") -> None:

@@ -13,6 +13,7 @@ import pytest
 
 from nodes.config import ComputeConfig, RunConfig, TaskConfig
 from nodes.decoding.policies import Decision, VerificationPolicy, VerifyContext
+from nodes.profiles import PRESETS, ComputeProfile
 from nodes.protocols import PROTOCOLS, Protocol
 
 REPO = Path(__file__).resolve().parent.parent
@@ -66,7 +67,8 @@ def test_protocol_registry_rules():
 
 def test_run_config_round_trips_through_json(tmp_path):
     cfg = RunConfig(run_id="r1", protocol="wisv-adaptive", gamma=6, hidden_dtype="i8", lambda_ms=250.0,
-                    task=TaskConfig("validation", 7, 3, 64), compute=ComputeConfig(2.0, 10.0, 1.5))
+                    task=TaskConfig("validation", 7, 3, 64),
+                    compute=ComputeConfig(ComputeProfile(0.0, 2.0), PRESETS["a40/llama-3.1-8b"].profile))
     assert RunConfig.read(cfg.write(tmp_path / "c.json")) == cfg
     assert cfg.for_device(2).device_id == "dev2" and cfg.for_device(2).task.start_index == 3 + 2 * 7
     with pytest.raises(ValueError, match="unknown key"):
@@ -127,7 +129,7 @@ def test_same_spec_resolves_to_the_same_run_config_both_ways(tmp_path):
     from runs.spec import load_spec
 
     spec = {"name": "cfg", "protocols": ["vanilla"], "gamma": 3, "hidden_dtype": "i8", "lambda_ms": 400.0,
-            "profile": {"device_ms_per_token": 0.5, "edge_base_ms": 1.0, "edge_per_token_ms": 0.25},
+            "compute": {"device": {"per_token_ms": 0.5}, "edge": "a40/llama-3.1-8b"},
             "task": {"problems": 1, "max_new_tokens": 40}, "seed": 5}
     got = {}
     for mode in ("simulate", "emulate"):
@@ -136,5 +138,5 @@ def test_same_spec_resolves_to_the_same_run_config_both_ways(tmp_path):
     sim, emu = ({k: v for k, v in c.items() if k != "run_id"} for c in (got["simulate"], got["emulate"]))
     assert sim == emu
     assert (sim["gamma"], sim["hidden_dtype"], sim["lambda_ms"], sim["seed"]) == (3, "i8", 400.0, 5)
-    assert sim["compute"] == {"device_ms_per_token": 0.5, "edge_base_ms": 1.0, "edge_per_token_ms": 0.25}
+    assert sim["compute"]["device"]["per_token_ms"] == 0.5 and sim["compute"]["edge"]["name"] == "a40/llama-3.1-8b"
     assert sim["task"]["max_new_tokens"] == 40 and got["simulate"]["run_id"] != got["emulate"]["run_id"]

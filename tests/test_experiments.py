@@ -17,12 +17,27 @@ REPO = Path(__file__).resolve().parent.parent
 @pytest.mark.parametrize("text,message", [
     ("gama: 3\n", "unknown key 'gama'"),
     ("gamma: 4ms\n", "gamma must be int"),
+    ("protocols: []\n", "protocols"),
+    ("task: null\n", "task must be a mapping"),
+    ("replay: {time_scale: 0}\n", "replay.time_scale"),
+    ("link: {queue_packets: -1}\n", "link.queue_packets"),
+    ("topology: {kind: star, n_devices: 1000}\n", "topology.n_devices"),
+    ("temperature: -1\n", "temperature"),
+    ("lambda_ms: -5\n", "lambda_ms"),
+    ("name: ../../x\n", "name"),
+    ("link: {backend: warp}\n", "link.backend"),
+    ("replay: {start_ms: 500, end_ms: 100}\n", "end_ms must exceed"),
+    ("sweep: {grid: {gamma: [1, 2, 3, 4, 5, 6, 7, 8, 9, 10]}, zip: {seed: [1, 2]}, nope: 1}\n", "names no spec key"),
     ("trace: {file: nope.csv}\n", "trace.file 'nope.csv' not found"),
     ("protocols: [vanilla, turbo]\n", "unknown protocol"),
     ("task: {problem: 3}\n", "unknown key 'task.problem'"),
     ("replay: {start_ms: soon}\n", "replay.start_ms must be float"),
     ("sweep: {gamma: 3}\n", "sweep.gamma must be a non-empty list"),
     ("sweep: {task.nope: [1]}\n", "names no spec key"),
+    ("sweep: {zip: {gamma: [2, 4], seed: [1]}}\n", "one length"),
+    ("sweep: {grid: {seed: [0, 1, 2, 3, 4, 5, 6, 7, 8, 9], gamma: [1, 2, 3, 4, 5, 6, 7, 8, 9, 10], "
+     "task.problems: [1, 2, 3, 4, 5, 6, 7, 8, 9, 10], repetitions: [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11]}}\n",
+     "expands to 11000 runs"),
     ("- a\n- b\n", "mapping"),
 ])
 def test_spec_errors_name_file_and_key(tmp_path, text, message):
@@ -59,13 +74,19 @@ def test_simulated_experiment_tables_and_report(tmp_path):
     requests = pd.read_parquet(tmp_path / "requests.parquet")
     assert set(rounds["protocol"]) == {"vanilla", "wisv-full"} and set(requests["rep"]) == {0, 1}
     assert len(requests) == 2 * 2 * 3 and "csi_rtt_ms" in rounds
+    # each repetition runs its own problems; within one, both protocols run the same ones
+    ids = requests.groupby(["rep", "protocol"])["request_id"].agg(frozenset)
+    assert ids[(0, "vanilla")] == ids[(0, "wisv-full")] and not ids[(0, "vanilla")] & ids[(1, "vanilla")]
     df, plots = report([tmp_path])
     assert list(df["protocol"]) == ["vanilla", "wisv-full"]
-    assert df.loc[df["protocol"] == "vanilla", "latency_ms_mean_vs_vanilla_pct"].iloc[0] == pytest.approx(0.0)
-    assert "latency_ms_mean_ci95" in df and all(p.exists() for p in plots)
+    full = df[df["protocol"] == "wisv-full"].iloc[0]
+    assert full["n_paired"] == 6 and full["latency_ratio_lo"] <= full["latency_ratio"] <= full["latency_ratio_hi"]
+    assert 0.0 <= full["accuracy_lo"] <= full["accuracy"] <= full["accuracy_hi"] <= 1.0  # Wilson, inside [0, 1]
+    assert "repetitions" in full["ci_method"] and all(p.exists() for p in plots)
     j = as_json(df)
     assert set(j) == {"vanilla", "wisv-full"} and "accuracy" in j["vanilla"]
-    assert (tmp_path / "report.md").read_text().startswith("| run | protocol |")
+    md = (tmp_path / "report.md").read_text()
+    assert md.startswith("mode: simulate") and "| run | protocol | n | failed |" in md
 
 
 def test_run_cli_simulated_and_report_json(tmp_path):

@@ -184,10 +184,11 @@ def test_bad_messages_do_not_kill_the_edge(pair, edge_proc):
     bad.send_multipart(encode(Hello("bad", "vanilla", 99)))
     assert decode(bad.recv_multipart()).code == "bad_request"
     bad.send_multipart(encode(Hello("bad", "vanilla", 4)))
-    assert isinstance(decode(bad.recv_multipart()), HelloAck)
-    bad.send_multipart(encode(Draft("nope", 5, [1, 2])))
+    ack = decode(bad.recv_multipart())
+    assert isinstance(ack, HelloAck) and len(ack.secret) == 32
+    bad.send_multipart(encode(Draft("nope", 5, [1, 2], secret=ack.secret)))  # every message carries the session secret
     assert decode(bad.recv_multipart()).code == "out_of_order"
-    bad.send_multipart(encode(Start("r", [10 ** 6], 10)))
+    bad.send_multipart(encode(Start("r", [10 ** 6], 10, ack.secret)))
     assert decode(bad.recv_multipart()).code == "bad_request"
     bad.send_multipart([b"x" * 2_000_000])  # over the edge's 1 MB limit: ZeroMQ drops it (and the peer)
     bad.close(0)
@@ -225,10 +226,10 @@ def test_device_vanishing_mid_round_leaves_edge_serving(pair, edge_proc):
     ghost.setsockopt(zmq.IDENTITY, b"ghost")
     ghost.connect(edge_proc.endpoint)
     ghost.send_multipart(encode(Hello("ghost", "wisv-selective", 4)))
-    ghost.recv_multipart()
-    ghost.send_multipart(encode(Start("g", _prompts(pair, 1)[0], 64)))
-    ghost.recv_multipart()
-    ghost.send_multipart(encode(Draft("g", 0, [5, 6, 7, 8])))  # then vanishes without reading the reply
+    secret = decode(ghost.recv_multipart()).secret
+    ghost.send_multipart(encode(Start("g", _prompts(pair, 1)[0], 64, secret)))
+    assert isinstance(decode(ghost.recv_multipart()), StartAck)
+    ghost.send_multipart(encode(Draft("g", 0, [5, 6, 7, 8], secret=secret)))  # then vanishes without reading the reply
     ghost.close(0)
     c = _client(pair, edge_proc.endpoint, "vanilla")
     assert c.run(_prompts(pair, 2)[1], 64).ok
@@ -281,11 +282,13 @@ def _edge_thread(pair, **kw):
 
 
 def test_curve_encryption(pair):
+    import zmq.auth
+
     from nodes.config import RunConfig
     from nodes.device import DeviceClient
 
     public, secret = zmq.curve_keypair()
-    server, t = _edge_thread(pair, curve_secret_key=secret)
+    server, t = _edge_thread(pair, curve_secret_key=secret, curve_allow=zmq.auth.CURVE_ALLOW_ANY)  # allow-list: test_edge_hardening
     try:
         cp, cs = zmq.curve_keypair()
         c = DeviceClient.connect(pair.drafter, server.endpoint, RunConfig(), pair.eos_token_id, curve_keys=(public, cp, cs))
@@ -311,7 +314,8 @@ def test_compute_profiles_pad_and_log(pair):
     server, t = _edge_thread(pair, profile=ComputeProfile(base_ms=20.0, per_token_ms=5.0))
     try:
         c = DeviceClient.connect(pair.drafter, server.endpoint,
-                                 RunConfig(gamma=4, compute=ComputeConfig(device_ms_per_token=10.0)), pair.eos_token_id)
+                                 RunConfig(gamma=4, compute=ComputeConfig(device=ComputeProfile(per_token_ms=10.0))),
+                                 pair.eos_token_id)
         c.hello()
         res = c.run(_prompts(pair, 1)[0], 16)
         c.close()

@@ -79,7 +79,8 @@ def test_simulate_cli(tmp_path):
     out = json.loads(r.stdout.strip().splitlines()[-1])
     assert set(out) == {"vanilla", "wisv-full"}
     assert out["wisv-full"]["up_bytes_per_token"] > out["vanilla"]["up_bytes_per_token"]
-    assert (tmp_path / "summary.json").exists() and (tmp_path / "rounds-wisv-full.jsonl").exists()
+    run_dir, = tmp_path.glob("sim-*")  # a fresh directory each time
+    assert (run_dir / "summary.json").exists() and (run_dir / "rounds-wisv-full.jsonl").exists()
 
 
 def test_upload_chooser_follows_the_channel():

@@ -21,12 +21,14 @@ from nodes.decoding.policies import Decision, VerificationPolicy, VerifyContext
 class RoundOutcome:
     """A round in progress or decided: the policy's view (``ctx``), the draft positions that
     differ from the target's choice, the rows still needed from the device (empty once decided),
-    the decision, and the edge's compute time in ms (forward + policy)."""
+    the decision, the edge's compute time in ms (forward + policy), and the committed tokens
+    the forward prefilled beyond the one it always re-feeds (the prompt, on a first round)."""
 
     ctx: VerifyContext
     policy: VerificationPolicy
     mismatches: list[int]
     verify_ms: float
+    n_prefill: int = 0
     request_rows: list[int] = field(default_factory=list)
     decision: Decision | None = None
 
@@ -50,9 +52,13 @@ class RoundOutcome:
 
     def supply_hidden(self, positions: list[int], rows: torch.Tensor) -> "RoundOutcome":
         """Complete a round that asked for rows: ``rows`` [len(positions), Hd] are the drafter
-        hidden states at ``positions`` (which must be those requested); then decide."""
-        if sorted(positions) != sorted(self.request_rows):
-            raise ValueError(f"rows for positions {positions}, but {self.request_rows} were requested")
+        hidden states at ``positions`` (exactly those requested, each once); then decide.
+        ValueError, before anything is allocated, for other positions or a ``rows`` of another
+        shape than [len(positions), Hd]."""
+        if len(set(positions)) != len(positions) or sorted(positions) != sorted(self.request_rows):
+            raise ValueError(f"rows for positions {positions}, but {self.request_rows} were requested (each once)")
+        if rows.ndim != 2 or rows.shape[0] != len(positions):
+            raise ValueError(f"rows of shape {list(rows.shape)} for {len(positions)} positions; expected [positions, Hd]")
         full = torch.zeros(self.ctx.gamma, rows.shape[1])
         full[torch.tensor(positions, dtype=torch.long)] = rows.float()
         self.ctx.drafter_hidden = full
@@ -65,6 +71,7 @@ def verify_round(verifier, policy: VerificationPolicy, seq: list[int], draft: li
                  generator: torch.Generator | None = None) -> RoundOutcome:
     """One target forward over ``draft`` after the committed ``seq`` (token ids) and the policy's
     decision (or its request for drafter hidden rows); see :class:`RoundOutcome`."""
+    n_prefill = max(0, len(seq) - verifier.lm.cache_len - 1)
     logits, hidden, forward_ms = verifier.score(seq, draft)
     ctx = VerifyContext(torch.tensor(draft), logits, hidden, drafter_probs, drafter_hidden, csi, temperature, generator)
-    return RoundOutcome(ctx, policy, ctx.mismatch_positions(), forward_ms).decide()
+    return RoundOutcome(ctx, policy, ctx.mismatch_positions(), forward_ms, n_prefill).decide()
