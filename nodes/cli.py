@@ -38,18 +38,19 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("models", help="train and evaluate the drafter/target pair")
     ms = p.add_subparsers(dest="models_cmd", required=True)
     t = ms.add_parser("train", help="train the built-in pair on the built-in task (seeded)")
-    t.add_argument("-o", "--output", default=str(Path(__file__).resolve().parent / "pretrained" / "default"))
-    t.add_argument("--only", action="append", choices=["target", "drafter"])
+    t.add_argument("-o", "--output", default=str(Path(__file__).resolve().parent / "pretrained" / "default"),
+                   help="where the trained models go (default: the shipped pair's folder)")
+    t.add_argument("--only", action="append", choices=["target", "drafter"], help="train only this model (repeatable)")
     t.add_argument("--quick", action="store_true", help="30 steps each (smoke test)")
     t.set_defaults(func=cmd_train)
     e = ms.add_parser("eval", help="accuracy and acceptance of a pair on the task")
-    e.add_argument("--drafter")
-    e.add_argument("--target")
-    e.add_argument("--problems", type=int, default=100)
-    e.add_argument("--gamma", type=int, default=4)
-    e.add_argument("--dtype", choices=["fp32", "bf16", "fp16"], default="fp32")
+    e.add_argument("--drafter", help="drafter model folder (default: the shipped pair)")
+    e.add_argument("--target", help="target model folder (default: the shipped pair)")
+    e.add_argument("--problems", type=int, default=100, help="test problems")
+    e.add_argument("--gamma", type=int, default=4, help="draft tokens per round")
+    e.add_argument("--dtype", choices=["fp32", "bf16", "fp16"], default="fp32", help="model weights dtype")
     e.add_argument("--gsm8k", help="GSM8K-style JSONL to score instead of the built-in task")
-    e.add_argument("--max-new-tokens", type=int, default=128)
+    e.add_argument("--max-new-tokens", type=int, default=128, help="longest answer, tokens")
     e.set_defaults(func=cmd_eval)
 
 
@@ -301,9 +302,13 @@ def cmd_head_mine(a: argparse.Namespace) -> int:
 
 def cmd_head_train(a: argparse.Namespace) -> int:
     from nodes.head_train import train_heads
+    from nodes.protocols import DEFAULT_HEAD_DIR
 
-    r = train_heads(Path(a.data), Path(a.output), a.lambda_ms, a.kind)
-    sys.stdout.write(json.dumps({"auc": r.auc, "chosen": r.chosen, "shipped": r.shipped}) + "\n")
+    out = DEFAULT_HEAD_DIR if a.ship else Path(a.output)
+    if out.resolve() == DEFAULT_HEAD_DIR.resolve() and not a.ship:
+        raise ValueError("that is the shipped heads' folder: pass --ship to replace the shipped heads")
+    r = train_heads(Path(a.data), out, a.lambda_ms, a.kind)
+    sys.stdout.write(json.dumps({"auc": r.auc, "auc_cv": r.auc_cv, "chosen": r.chosen, "written": r.shipped}) + "\n")
     return 0
 
 
@@ -312,16 +317,18 @@ def register_head(sub: argparse._SubParsersAction) -> argparse._SubParsersAction
     p = sub.add_parser("head", help="the WISV decision head: mine labels, train, evaluate")
     hs = p.add_subparsers(dest="head_cmd", required=True)
     m = hs.add_parser("mine", help="AutoJudge-style labels on the training split (resumable)")
-    m.add_argument("-o", "--output", default="runs/out/mined")
-    m.add_argument("--problems", type=int, default=600)
-    m.add_argument("--gamma", type=int, default=4)
-    m.add_argument("--drafter")
-    m.add_argument("--target")
+    m.add_argument("-o", "--output", default="runs/out/mined", help="dataset folder (resumed when it exists)")
+    m.add_argument("--problems", type=int, default=600, help="training problems to mine")
+    m.add_argument("--gamma", type=int, default=4, help="draft tokens per round")
+    m.add_argument("--drafter", help="drafter model folder (default: the shipped pair)")
+    m.add_argument("--target", help="target model folder (default: the shipped pair)")
     m.set_defaults(func=cmd_head_mine)
     t = hs.add_parser("train", help="train heads, compare channel-aware schemes, write head files")
-    t.add_argument("--data", default="runs/out/mined")
-    t.add_argument("-o", "--output", default=str(Path(__file__).resolve().parent / "pretrained" / "default"))
-    t.add_argument("--lambda-ms", type=float, default=1000.0)
+    t.add_argument("--data", default="runs/out/mined", help="mined dataset folder (wisv head mine)")
+    t.add_argument("-o", "--output", default="runs/out/heads",
+                   help="where head files and head-report.json go (use with --head-dir / spec head_dir)")
+    t.add_argument("--ship", action="store_true", help="replace the shipped heads (nodes/pretrained/default)")
+    t.add_argument("--lambda-ms", type=float, default=1000.0, help="price of an accuracy-changing acceptance, ms")
     t.add_argument("--kind", choices=["logistic", "mlp"], help="only this model kind (default: both, keep the better)")
     t.set_defaults(func=cmd_head_train)
     return hs

@@ -32,6 +32,7 @@ from channel_models.csi import CSI
 from nodes.decoding import RoundOutcome, Verifier, autoregressive_generate, verify_round
 from nodes.decoding.policies import VerificationPolicy
 from nodes.profiles import ComputeProfile, sleep_ms
+from nodes.models import model_identity
 from nodes.protocols import PROTOCOLS, Protocol
 from nodes.wire import (WIRE_DTYPES, Bye, Draft, Envelope, Error, Hello, HelloAck, HiddenRequest, HiddenUpload, Result,
                         Start, StartAck, Verdict, WireError, decode_envelope, encode)
@@ -100,6 +101,7 @@ class EdgeServer:
         without one of them is refused (ValueError)."""
         self.target, self.eos, self.limits, self.token = target, eos_token_id, limits, token
         self.profile, self.lambda_ms, self.head_dir = profile, lambda_ms, head_dir
+        self.identity = model_identity(target.config)  # what a decision head must belong to
         self.sock = None
         self.endpoint = ""
         self._ctx: zmq.Context | None = None
@@ -126,7 +128,9 @@ class EdgeServer:
         self.sock = self._ctx.socket(zmq.ROUTER)
         self.sock.setsockopt(zmq.MAXMSGSIZE, self.limits.max_message_bytes)
         self.sock.setsockopt(zmq.LINGER, 0)
-        self.sock.setsockopt(zmq.ROUTER_HANDOVER, 1)  # a reconnecting device takes over its identity
+        # No ROUTER_HANDOVER: a peer claiming an identity in use is not served, so nobody can take over a
+        # device's routing; devices let the ROUTER pick their identity, and one that reconnects keeps its
+        # session through the session secret.
         if curve_secret_key is not None:
             self.sock.curve_server = True
             self.sock.curve_secretkey = curve_secret_key
@@ -230,7 +234,8 @@ class EdgeServer:
         if len(self.sessions) >= self.limits.max_sessions:
             raise WireError("too_many_sessions", f"the edge serves at most {self.limits.max_sessions} devices")
         try:
-            policy = None if protocol.edge_only else protocol.edge_policy(h.temperature, self.head_dir, self.lambda_ms)
+            policy = None if protocol.edge_only else protocol.edge_policy(
+                h.temperature, self.head_dir, self.lambda_ms, pair={"target": self.identity, "drafter": None})
             width = drafter_hidden_width(policy)
         except (ValueError, FileNotFoundError) as e:
             raise WireError("bad_request", str(e)) from None

@@ -44,6 +44,7 @@ class HeadSpec:
     threshold: float = 0.5
     note: str = ""
     decision: dict = field(default_factory=lambda: {"mode": "fixed"})
+    pair: dict = field(default_factory=dict)  # {"drafter": model_identity, "target": model_identity}
 
     @property
     def needs_drafter_hidden(self) -> bool:
@@ -101,7 +102,8 @@ class DecisionHead(torch.nn.Module):
         from safetensors.torch import save_file
 
         meta = {"version": HEAD_VERSION, "kind": self.spec.kind, "features": self.spec.features, "dims": self.spec.dims,
-                "threshold": self.spec.threshold, "note": self.spec.note, "decision": self.spec.decision}
+                "threshold": self.spec.threshold, "note": self.spec.note, "decision": self.spec.decision,
+                "pair": self.spec.pair}
         tensors = {"mean": self.mean, "std": self.std}
         linears = [m for m in self.net.modules() if isinstance(m, torch.nn.Linear)]
         for i, lin in enumerate(linears):
@@ -125,7 +127,7 @@ class DecisionHead(torch.nn.Module):
         if meta.get("version") != HEAD_VERSION:
             raise ValueError(f"{path}: head version {meta.get('version')!r}, expected {HEAD_VERSION}")
         spec = HeadSpec(meta["kind"], list(meta["features"]), dict(meta["dims"]), float(meta["threshold"]),
-                        meta.get("note", ""), meta.get("decision", {"mode": "fixed"}))
+                        meta.get("note", ""), meta.get("decision", {"mode": "fixed"}), meta.get("pair") or {})
         hidden_units = tensors["w0"].shape[0] if spec.kind == "mlp" else 64
         head = cls(spec, hidden_units)
         head.mean.copy_(tensors["mean"])
@@ -135,6 +137,28 @@ class DecisionHead(torch.nn.Module):
             lin.weight.data.copy_(tensors[f"w{i}"])
             lin.bias.data.copy_(tensors[f"b{i}"])
         return head.eval()
+
+
+def check_pair(spec: HeadSpec, target: dict, drafter: dict | None = None, where: str = "head") -> None:
+    """ValueError naming what differs when a head does not belong to this pair: the hidden sizes
+    its features read must be the models' (always), and when the head records the pair it was
+    trained on, architecture, vocabulary and config fingerprint must match too. ``target`` and
+    ``drafter`` are :func:`nodes.models.model_identity` dicts (drafter None: unknown yet)."""
+    problems = []
+    if "target_hidden" in spec.dims and spec.dims["target_hidden"] != target["hidden_size"]:
+        problems.append(f"target hidden size {target['hidden_size']} ≠ {spec.dims['target_hidden']} the head reads")
+    if drafter is not None and "drafter_hidden" in spec.dims and spec.dims["drafter_hidden"] != drafter["hidden_size"]:
+        problems.append(f"drafter hidden size {drafter['hidden_size']} ≠ {spec.dims['drafter_hidden']} the head reads")
+    for role, ident in (("target", target), ("drafter", drafter)):
+        trained = spec.pair.get(role)
+        if not trained or ident is None:
+            continue
+        for k in ("architecture", "vocab_size", "hidden_size", "fingerprint"):
+            if trained.get(k) != ident.get(k):
+                problems.append(f"{role} {k} {ident.get(k)!r} ≠ {trained.get(k)!r} it was trained on")
+    if problems:
+        raise ValueError(f"{where} does not belong to this drafter/target pair: " + "; ".join(problems) +
+                         " (train one for this pair: wisv head mine / wisv head train, then --head-dir)")
 
 
 class HeadPolicy(_RelaxedPolicy):

@@ -34,6 +34,52 @@ FEATURE_SETS = {
     "full": SCALARS + ["target_hidden", "drafter_hidden"],  # head "full": drafter hidden uploaded
 }
 DECISION_DEFAULTS = {"bytes_up": 200.0, "bytes_down": 160.0, "rto_ms": 200.0, "compute_ms": 5.0}
+MIN_PER_CLASS = 20  # labelled mismatches of each class (harmless, important) below which training refuses
+CV_FOLDS = 5
+
+
+class TooLittleData(ValueError):
+    """Too few labels to train or to judge a head."""
+
+
+def check_labels(harmless: np.ndarray, problems: np.ndarray, data_dir: Path) -> None:
+    """TooLittleData unless each class has at least :data:`MIN_PER_CLASS` labels from at least
+    :data:`CV_FOLDS` problems."""
+    n_h, n_i = int(harmless.sum()), int((~harmless).sum())
+    if min(n_h, n_i) < MIN_PER_CLASS or len(np.unique(problems)) < CV_FOLDS:
+        raise TooLittleData(f"{data_dir}: {n_h} harmless and {n_i} important labels from {len(np.unique(problems))} "
+                            f"problems; training needs at least {MIN_PER_CLASS} of each class from {CV_FOLDS} problems "
+                            f"(mine more: wisv head mine --problems N)")
+
+
+def cv_auc(rows: pd.DataFrame, th: np.ndarray, dh: np.ndarray, kind: str, seed: int = 0) -> dict:
+    """ROC-AUC per feature set, cross-validated over :data:`CV_FOLDS` folds of problems: mean and
+    95 % t-interval over folds, and whether the hidden-state heads beat the probability-only one."""
+    from scipy import stats
+
+    harmless = ~rows["important"].to_numpy(dtype=bool)
+    problems = rows["problem"].to_numpy()
+    uniq = np.random.default_rng(seed).permutation(np.unique(problems))
+    fold_of = {p: i % CV_FOLDS for i, p in enumerate(uniq)}
+    fold = np.array([fold_of[p] for p in problems])
+    dims = {"p_draft": 1, "p_top": 1, "entropy": 1, "target_hidden": th.shape[1], "drafter_hidden": dh.shape[1]}
+    out = {}
+    for name, feats in FEATURE_SETS.items():
+        x = feature_matrix(rows, th, dh, feats, None)
+        scores = []
+        for k in range(CV_FOLDS):
+            te = fold == k
+            h = fit_head(x[~te], harmless[~te].astype(np.float32), HeadSpec(kind, feats, {f: dims[f] for f in feats}),
+                         seed=seed)
+            with torch.no_grad():
+                scores.append(auc(h(torch.tensor(x[te])).numpy(), harmless[te]))
+        v = np.array([a for a in scores if np.isfinite(a)])
+        half = stats.t.ppf(0.975, len(v) - 1) * v.std(ddof=1) / np.sqrt(len(v)) if len(v) > 1 else float("nan")
+        out[name] = {"mean": float(v.mean()) if len(v) else float("nan"), "lo": float(v.mean() - half) if len(v) else
+                     float("nan"), "hi": float(v.mean() + half) if len(v) else float("nan"), "folds": len(v)}
+    for name in ("target", "full"):
+        out[name]["better_than_probabilities"] = bool(out[name]["lo"] > out["scalars"]["hi"])
+    return out
 
 
 def sample_csi(n: int, seed: int = 0) -> list[CSI]:
@@ -120,13 +166,20 @@ class TrainReport:
     comparison: dict
     chosen: str
     shipped: dict
+    auc_cv: dict  # per feature set: mean, lo, hi over folds of problems, better_than_probabilities
 
 
 def train_heads(data_dir: Path, out_dir: Path, lam: float = 1000.0, kind: str | None = None,
                 seed: int = 0) -> TrainReport:
     """Train heads for every feature set and model kind (logistic, MLP; or only ``kind``),
     compare the two channel-aware schemes, save the ``full`` and ``target`` heads of the
-    cheapest (kind, scheme) to ``out_dir``; returns the report."""
+    cheapest (kind, scheme) to ``out_dir`` with the pair they were mined on; returns the
+    report, with cross-validated ROC-AUC and whether the heads beat the probability-only
+    baseline. :class:`TooLittleData` when the labels cannot support a head."""
+    from nodes.mining import load_dataset
+
+    rows, _, _ = load_dataset(data_dir)
+    check_labels(~rows["important"].to_numpy(dtype=bool), rows["problem"].to_numpy(), data_dir)
     kinds = [kind] if kind else ["logistic", "mlp"]
     reports = {k: _train_kind(data_dir, lam, k, seed) for k in kinds}
 
@@ -136,14 +189,25 @@ def train_heads(data_dir: Path, out_dir: Path, lam: float = 1000.0, kind: str | 
 
     best = min(kinds, key=total)
     r = reports[best]
+    manifest = json.loads((data_dir / "manifest.json").read_text())
+    rows, th, dh = load_dataset(data_dir)
+    cv = cv_auc(rows, th, dh, best.split("/")[0], seed)
     out_dir.mkdir(parents=True, exist_ok=True)
     shipped = {}
     for name, fname in (("full", "head-full.safetensors"), ("target", "head-target.safetensors")):
         head = r["heads"][name]
+        head.spec.pair = manifest.get("pair", {})
         shipped[name] = str(head.save(out_dir / fname))
-    report = TrainReport(r["auc"], {k: v["comparison"] for k, v in reports.items()}, f"{best}/{r['chosen']}", shipped)
+    report = TrainReport(r["auc"], {k: v["comparison"] for k, v in reports.items()}, f"{best}/{r['chosen']}", shipped,
+                         cv)
+    weak = [n for n in ("target", "full") if not cv[n]["better_than_probabilities"]]
+    if weak:
+        log.warning("the %s head(s) are no better than the probability-only baseline (cross-validated ROC-AUC %s)",
+                    ", ".join(weak), {n: round(cv[n]["mean"], 3) for n in ("scalars", *weak)})
     (out_dir / "head-report.json").write_text(json.dumps({**report.__dict__, "auc_by_kind": {
-        k: v["auc"] for k, v in reports.items()}}, indent=2) + "\n")
+        k: v["auc"] for k, v in reports.items()}, "labels": {"harmless": int((~rows["important"]).sum()),
+                                                             "important": int(rows["important"].sum())},
+        "no_better_than_probabilities": weak}, indent=2) + "\n")
     return report
 
 

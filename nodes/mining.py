@@ -25,7 +25,7 @@ import torch
 
 from nodes.decoding import Drafter, ExactMatch, Verifier, autoregressive_generate, verify_round
 from nodes.evaluate import encode_prompt
-from nodes.models import ModelPair
+from nodes.models import ModelPair, model_identity
 from nodes.tasks import ArithTask, extract_answer
 
 log = logging.getLogger(__name__)
@@ -76,7 +76,11 @@ def mine(pair: ModelPair, out_dir: Path, n_problems: int, gamma: int = 4, shard_
     out_dir.mkdir(parents=True, exist_ok=True)
     man_path = out_dir / "manifest.json"
     manifest = json.loads(man_path.read_text()) if man_path.exists() else {
-        "version": 1, "task": "arith", "split": "train", "gamma": gamma, "shards": [], "seconds": 0.0, "labelled": 0}
+        "version": 1, "task": "arith", "split": "train", "gamma": gamma, "shards": [], "seconds": 0.0, "labelled": 0,
+        "pair": {"drafter": model_identity(pair.drafter.config), "target": model_identity(pair.target.config)}}
+    here = {"drafter": model_identity(pair.drafter.config), "target": model_identity(pair.target.config)}
+    if manifest.get("pair") and manifest["pair"] != here:
+        raise ValueError(f"{out_dir} holds labels mined with another drafter/target pair; mine into a new folder")
     done = {s["start"] for s in manifest["shards"]}
     task = ArithTask()
     starts = [s for s in range(0, n_problems, shard_size) if s not in done]

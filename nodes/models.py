@@ -65,3 +65,33 @@ def load_pair(drafter_path: str | os.PathLike | None = None, target_path: str | 
         raise ValueError(f"{drafter_path} and {target_path} do not share a tokenizer")
     return ModelPair(drafter=load_model(drafter_path, device, dtype), target=load_model(target_path, device, dtype),
                      tokenizer=tok_t, device=torch.device(device), dtype=DTYPES[dtype])
+
+
+def model_identity(config) -> dict:
+    """What a decision head must match of a model: architecture, hidden size, vocabulary size,
+    layers, and a fingerprint of the whole config (sha1 of its sorted JSON, 12 hex)."""
+    import hashlib
+    import json
+
+    d = config.to_dict() if hasattr(config, "to_dict") else dict(config)
+    keep = {k: v for k, v in d.items() if k not in ("_name_or_path", "transformers_version", "torch_dtype", "dtype",
+                                                    "_commit_hash", "use_cache")}
+    return {"architecture": (d.get("architectures") or [d.get("model_type", "?")])[0],
+            "hidden_size": int(d["hidden_size"]), "vocab_size": int(d["vocab_size"]),
+            "layers": int(d.get("num_hidden_layers", 0)),
+            "fingerprint": hashlib.sha1(json.dumps(keep, sort_keys=True, default=str).encode()).hexdigest()[:12]}
+
+
+def pair_identity(drafter_path: str | os.PathLike | None = None,
+                  target_path: str | os.PathLike | None = None) -> dict[str, dict]:
+    """``{"drafter": model_identity, "target": model_identity}`` of a pair on disk (reads the
+    configs only; default: the shipped pair)."""
+    from transformers import AutoConfig
+
+    out = {}
+    for role, path in (("drafter", drafter_path), ("target", target_path)):
+        path = Path(path or DEFAULT_DIR / role)
+        if not (path / "config.json").exists():
+            raise FileNotFoundError(f"{path}: no Hugging Face model here (config.json missing)")
+        out[role] = model_identity(AutoConfig.from_pretrained(path, local_files_only=True))
+    return out

@@ -69,15 +69,20 @@ class Protocol:
         if temperature > 0 and (self.greedy_only or self.head is not None):
             raise ValueError(f"{self.name} verifies greedily (temperature 0)")
 
-    def edge_policy(self, temperature: float, head_dir: str | Path | None = None,
-                    lambda_ms: float | None = None) -> VerificationPolicy:
-        """The policy the edge runs (a head from ``head_dir``; ``lambda_ms`` overrides its price
-        of an accuracy-changing acceptance)."""
+    def edge_policy(self, temperature: float, head_dir: str | Path | None = None, lambda_ms: float | None = None,
+                    pair: dict[str, dict | None] | None = None) -> VerificationPolicy:
+        """The policy the edge runs (a head from ``head_dir``, refused with ValueError when it
+        does not belong to ``pair``, the :func:`nodes.models.model_identity` of target and
+        drafter; ``lambda_ms`` overrides its price of an accuracy-changing acceptance)."""
         self.check_temperature(temperature)
         if self.head is not None:
-            from nodes.head import DecisionHead, HeadPolicy
+            from nodes.head import DecisionHead, HeadPolicy, check_pair
 
-            return HeadPolicy(DecisionHead.load(head_file(head_dir, self.head)), lambda_ms=lambda_ms)
+            path = head_file(head_dir, self.head)
+            head = DecisionHead.load(path)
+            if pair is not None:
+                check_pair(head.spec, pair["target"], pair.get("drafter"), where=f"{self.name}'s head {path}")
+            return HeadPolicy(head, lambda_ms=lambda_ms)
         if self.policy is None:
             raise ValueError(f"{self.name}: the target decodes alone; there is nothing to verify")
         return self.policy(temperature)
@@ -159,3 +164,15 @@ PROTOCOLS = ProtocolRegistry(
     Protocol("typical", "Medusa typical acceptance (non-learned)", policy=lambda t: TypicalAcceptance(),
              greedy_only=True),
 )
+
+
+def check_heads(protocols: list[str], head_dir: str | Path | None, pair: dict[str, dict]) -> None:
+    """Before a run: ValueError when the head of any of ``protocols`` does not belong to ``pair``
+    (``{"drafter": identity, "target": identity}``) or is missing."""
+    from nodes.head import DecisionHead, check_pair
+
+    for name in protocols:
+        p = PROTOCOLS.get(name)
+        if p.head is not None:
+            path = head_file(head_dir, p.head)
+            check_pair(DecisionHead.load(path).spec, pair["target"], pair["drafter"], where=f"{name}'s head {path}")

@@ -236,6 +236,7 @@ def load_spec(path: str | Path | None = None, overrides: dict | None = None) -> 
         short = {k: v for k, v in sweep.items() if k not in ("grid", "zip")}
         sweep = {"grid": {**(sweep.get("grid") or {}), **short}, "zip": sweep.get("zip") or {}}
     base = _validate(raw, source)
+    _check_pair(base, source)
     runs = []
     for swept in _combinations(sweep, source):
         r = copy.deepcopy(raw)
@@ -245,6 +246,21 @@ def load_spec(path: str | Path | None = None, overrides: dict | None = None) -> 
         name = "-".join([values["name"], *(_label(k, v) for k, v in swept.items())])
         runs.append(RunSpec(name, values, source, swept))
     return runs
+
+
+def _check_pair(values: dict, source: str) -> None:
+    """The models exist, and the head of every protocol with one belongs to them."""
+    from nodes.models import pair_identity
+    from nodes.protocols import check_heads
+
+    m = values["models"]
+    try:
+        pair = pair_identity(m["drafter"], m["target"])
+        protocols = PROTOCOLS.default_comparison() if values["protocols"] is None else values["protocols"]
+        head_dir = None if values["head_dir"] is None else resolve_path(values["head_dir"], source)
+        check_heads(protocols, head_dir, pair)
+    except (FileNotFoundError, ValueError) as e:
+        raise SpecError(f"{source}: {e}") from None
 
 
 def spec_schema_markdown() -> str:

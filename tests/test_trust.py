@@ -48,22 +48,33 @@ def test_simulation_is_a_pure_function_of_the_spec(tmp_path):
             assert a[p][k] == b[p][k], (p, k, a[p][k], b[p][k])
 
 
-def test_a_failing_protocol_is_counted_not_averaged(tmp_path):
-    """A head that does not fit the pair fails every wisv request: failed = n, no latency change
-    against vanilla is computed, and the run exits non-zero."""
-    from nodes.head import DecisionHead, HeadSpec
+class _Broken:
+    """A policy whose every verification fails at the edge (an error reply, the request fails)."""
 
-    heads = tmp_path / "heads"
-    DecisionHead(HeadSpec("logistic", ["p_draft", "drafter_hidden"], {"p_draft": 1, "drafter_hidden": 7})).save(
-        heads / "head-full.safetensors")
-    spec = tmp_path / "s.yaml"
-    spec.write_text(f"name: bad\nprotocols: [vanilla, wisv-full]\ntask: {{problems: 3}}\nhead_dir: {heads}\n")
-    r = _wisv("run", str(spec), "--simulate", "-o", str(tmp_path / "out"))
-    assert r.returncode == 3 and "failed requests in bad/wisv-full" in r.stderr
-    j = json.loads(_wisv("report", str(tmp_path / "out"), "--json").stdout.strip().splitlines()[-1])
-    assert j["wisv-full"]["failed"] == 3 and j["vanilla"]["failed"] == 0
-    assert j["wisv-full"]["n_paired"] == 0 and "latency_ratio" not in j["wisv-full"]
-    assert j["wisv-full"]["accuracy"] == 0.0  # a failed request is a wrong answer, not a fast one
+    needs_drafter_hidden = needs_drafter_probs = False
+
+    def verify(self, ctx):
+        raise RuntimeError("this policy always fails")
+
+
+def test_a_failing_protocol_is_counted_not_averaged(tmp_path, capsys):
+    """A protocol whose every request fails: failed = n, no change against vanilla is computed
+    (there is no problem both completed), accuracy 0, a ⚠ in the report, and exit status 3."""
+    from nodes.protocols import PROTOCOLS, Protocol
+    from wisv.cli import main
+
+    PROTOCOLS.register(Protocol("toy-broken", "fails every round", policy=lambda t: _Broken()))
+    try:
+        rc = main(["run", "--simulate", "--problems", "3", "--protocols", "vanilla,toy-broken", "-o",
+                   str(tmp_path / "out")])
+    finally:
+        PROTOCOLS.unregister("toy-broken")
+    assert rc == 3 and "failed requests in experiment/toy-broken" in capsys.readouterr().err
+    df = pd.read_csv(tmp_path / "out" / "report.csv")
+    bad, van = df[df["protocol"] == "toy-broken"].iloc[0], df[df["protocol"] == "vanilla"].iloc[0]
+    assert bad["failed"] == 3 and van["failed"] == 0 and bad["n_paired"] == 0
+    assert pd.isna(bad.get("latency_ratio")) and pd.isna(bad["latency_ms_mean"])  # nothing completed: no speed
+    assert bad["accuracy"] == 0.0  # a failed request is a wrong answer, not a fast one
     assert "⚠" in (tmp_path / "out" / "report.md").read_text()
 
 

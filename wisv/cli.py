@@ -12,10 +12,20 @@ from traces import cli as trace_cli
 from wisv import demo
 
 
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("wisv-testbed")
+    except PackageNotFoundError:
+        return "unknown (not installed)"
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The top-level parser with every command group registered."""
     p = argparse.ArgumentParser(prog="wisv", description="WISV network-in-the-loop emulation testbed")
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    p.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     sub = p.add_subparsers(dest="cmd", required=True)
     trace_cli.register(sub)
     models_cli.register(sub)

@@ -107,7 +107,7 @@ def cmd_demo(a: argparse.Namespace) -> int:
 def register(sub: argparse._SubParsersAction) -> None:
     """Add ``wisv demo``."""
     p = sub.add_parser("demo", help="run the main job on the built-in defaults")
-    p.add_argument("-o", "--output", default="runs/out/demo")
-    p.add_argument("--problems", type=int, default=20)
+    p.add_argument("-o", "--output", default="runs/out/demo", help="where the demo's results go (replaced)")
+    p.add_argument("--problems", type=int, default=20, help="test problems per protocol")
     p.add_argument("--simulate", action="store_true", help="use the analytic link even as root")
     p.set_defaults(func=cmd_demo)
