@@ -111,9 +111,19 @@ def _subcommands(parser, prefix=()):
 
 
 def test_every_command_has_working_help():
+    import argparse
+
     from wisv.cli import build_parser
 
     commands = list(_subcommands(build_parser()))
+    undocumented = []
+    for cmd in commands:
+        parser = build_parser()
+        for name in cmd:  # walk down to the subcommand's parser
+            parser = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices[name]
+        undocumented += [(cmd, a.dest) for a in parser._actions
+                         if not a.help and not isinstance(a, (argparse._HelpAction, argparse._SubParsersAction))]
+    assert undocumented == []
     assert len(commands) > 15
     for cmd in commands:
         r = subprocess.run([sys.executable, "-m", "wisv.cli", *cmd, "--help"], capture_output=True, text=True,

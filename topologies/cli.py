@@ -35,7 +35,7 @@ def cmd_cleanup(a: argparse.Namespace) -> int:
     from topologies.net import cleanup_stale
 
     removed = cleanup_stale()
-    sys.stdout.write(("removed: " + ", ".join(removed) if removed else "nothing left behind by killed runs") + "\n")
+    sys.stdout.write("".join(f"removed: {r}\n" for r in removed) if removed else "nothing left behind by killed runs\n")
     return 0
 
 
@@ -44,14 +44,14 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("link", help="emulated links: check against a trace, clean up")
     ls = p.add_subparsers(dest="link_cmd", required=True)
     c = ls.add_parser("check", help="replay a trace on DeviceEdge and measure the link against it (root)")
-    c.add_argument("--trace", required=True)
-    c.add_argument("--backend", choices=BACKEND_CHOICES, default="auto")
+    c.add_argument("--trace", required=True, help="trace file to replay")
+    c.add_argument("--backend", choices=BACKEND_CHOICES, default="auto", help="shaping backend")
     c.add_argument("--duration", type=float, default=10.0, help="seconds")
-    c.add_argument("--seed", type=int, default=0)
-    c.add_argument("--queue-packets", type=int, default=1000)
-    c.add_argument("--queue-bytes", type=int)
-    c.add_argument("--run-dir")
-    c.add_argument("--json", action="store_true")
+    c.add_argument("--seed", type=int, default=0, help="seed of the emulated loss")
+    c.add_argument("--queue-packets", type=int, default=1000, help="queue bound, packets")
+    c.add_argument("--queue-bytes", type=int, help="queue bound in bytes instead")
+    c.add_argument("--run-dir", help="where probe logs go (default: a temporary directory)")
+    c.add_argument("--json", action="store_true", help="print one JSON object")
     c.set_defaults(func=cmd_check)
     k = ls.add_parser("cleanup", help="remove what killed runs left behind (only their own entries)")
     k.set_defaults(func=cmd_cleanup)
