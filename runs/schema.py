@@ -22,6 +22,13 @@ MAX_RUNS = 10_000  # a sweep expanding to more runs is refused before it is expa
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.=+-]{0,99}$")
 
 
+def one_of(value: str, names) -> str:
+    """``value`` when it is one of a registry's ``names``; ValueError listing them otherwise."""
+    if value not in names:
+        raise ValueError(f"must be one of {', '.join(names)}")
+    return value
+
+
 class Section(BaseModel):
     """A spec section: unknown keys and wrong types are errors (YAML ints are fine for floats)."""
 
@@ -40,9 +47,7 @@ class Topology(Section):
     @field_validator("kind")
     @classmethod
     def _kind(cls, v: str) -> str:
-        if v not in TOPOLOGIES:
-            raise ValueError(f"must be one of {', '.join(TOPOLOGIES)}")
-        return v
+        return one_of(v, TOPOLOGIES)
 
     @model_validator(mode="after")
     def _fits(self) -> "Topology":
@@ -97,9 +102,7 @@ class Link(Section):
     @field_validator("backend")
     @classmethod
     def _backend(cls, v: str) -> str:
-        if v not in BACKEND_CHOICES:
-            raise ValueError(f"must be one of {', '.join(BACKEND_CHOICES)}")
-        return v
+        return one_of(v, BACKEND_CHOICES)
 
 
 ProfileValue = Union[str, dict[str, float]]
@@ -195,9 +198,7 @@ class Spec(Section):
     @field_validator("hidden_dtype")
     @classmethod
     def _dtype(cls, v: str) -> str:
-        if v not in WIRE_DTYPES:
-            raise ValueError(f"must be one of {', '.join(WIRE_DTYPES)}")
-        return v
+        return one_of(v, WIRE_DTYPES)
 
     @model_validator(mode="after")
     def _consistent(self) -> "Spec":
