@@ -27,8 +27,12 @@ def cmd_train(a: argparse.Namespace) -> int:
 def cmd_eval(a: argparse.Namespace) -> int:
     from nodes.evaluate import evaluate_pair
 
+    from nodes.config import TaskConfig
+
+    kind, file = ("gsm8k", a.gsm8k) if a.gsm8k else (a.task, a.task_file)
     res = evaluate_pair(a.drafter, a.target, n_problems=a.problems, gamma=a.gamma, dtype=a.dtype,
-                        gsm8k=a.gsm8k, max_new_tokens=a.max_new_tokens)
+                        max_new_tokens=a.max_new_tokens, task=TaskConfig(kind=kind, file=file,
+                                                                         chat_template=a.chat_template))
     sys.stdout.write(json.dumps(res) + "\n")
     return 0
 
@@ -49,9 +53,20 @@ def register(sub: argparse._SubParsersAction) -> None:
     e.add_argument("--problems", type=int, default=100, help="test problems")
     e.add_argument("--gamma", type=int, default=4, help="draft tokens per round")
     e.add_argument("--dtype", choices=["fp32", "bf16", "fp16"], default="fp32", help="model weights dtype")
-    e.add_argument("--gsm8k", help="GSM8K-style JSONL to score instead of the built-in task")
+    e.add_argument("--gsm8k", help="GSM8K-style JSONL to score (short for --task gsm8k --task-file F)")
+    add_task_args(e)
     e.add_argument("--max-new-tokens", type=int, default=128, help="longest answer, tokens")
     e.set_defaults(func=cmd_eval)
+
+
+def add_task_args(p: argparse.ArgumentParser) -> None:
+    """The task options every decoding command takes."""
+    from nodes.tasks import TASK_KINDS
+
+    p.add_argument("--task", choices=TASK_KINDS, default="arith",
+                   help="arith (built-in), gsm8k (GSM8K-format JSONL) or humaneval (code, tests run)")
+    p.add_argument("--task-file", help="the JSONL file of a gsm8k or humaneval task")
+    p.add_argument("--chat-template", action="store_true", help="wrap prompts in the tokenizer's chat template")
 
 
 def _threads(a: argparse.Namespace) -> None:
@@ -82,6 +97,7 @@ def add_run_config_args(p: argparse.ArgumentParser, device: bool) -> None:
         p.add_argument("--retries", type=int, default=3, help="attempts after the first")
         p.add_argument("--problems", type=int, default=10, help="problems to run")
         p.add_argument("--split", default="test", choices=["train", "validation", "test"], help="task split")
+        add_task_args(p)
         p.add_argument("--start-index", type=int, default=0, help="first problem index in the split")
         p.add_argument("--max-new-tokens", type=int, default=128, help="longest answer, tokens")
         p.add_argument("--run-id", default="", help="run id written in every round log line")
@@ -116,7 +132,8 @@ def config_from_args(a: argparse.Namespace) -> "RunConfig":
         if hasattr(a, "protocol"):
             cfg = RunConfig(a.run_id, a.protocol, a.gamma, a.temperature, a.hidden_dtype, a.seed, timeout_ms=a.timeout_ms,
                             retries=a.retries, models=models,
-                            task=TaskConfig(a.split, a.problems, a.start_index, a.max_new_tokens),
+                            task=TaskConfig(a.split, a.problems, a.start_index, a.max_new_tokens, a.task, a.task_file,
+                                            a.chat_template),
                             compute=ComputeConfig(device=_profile(a.compute, per_token_ms=a.profile_ms_per_token)))
         else:
             cfg = RunConfig(lambda_ms=a.lambda_ms, head_dir=a.head_dir, models=models,
@@ -295,7 +312,10 @@ def cmd_head_mine(a: argparse.Namespace) -> int:
     from nodes.mining import mine
     from nodes.models import load_pair
 
-    m = mine(load_pair(a.drafter, a.target), Path(a.output), a.problems, a.gamma)
+    from nodes.config import TaskConfig
+
+    m = mine(load_pair(a.drafter, a.target), Path(a.output), a.problems, a.gamma, max_new_tokens=a.max_new_tokens,
+             task=TaskConfig(split="train", kind=a.task, file=a.task_file, chat_template=a.chat_template))
     sys.stdout.write(json.dumps({k: m[k] for k in ("labelled", "seconds", "seconds_per_label")}) + "\n")
     return 0
 
@@ -322,6 +342,8 @@ def register_head(sub: argparse._SubParsersAction) -> argparse._SubParsersAction
     m.add_argument("--gamma", type=int, default=4, help="draft tokens per round")
     m.add_argument("--drafter", help="drafter model folder (default: the shipped pair)")
     m.add_argument("--target", help="target model folder (default: the shipped pair)")
+    m.add_argument("--max-new-tokens", type=int, default=128, help="longest continuation, tokens")
+    add_task_args(m)
     m.set_defaults(func=cmd_head_mine)
     t = hs.add_parser("train", help="train heads, compare channel-aware schemes, write head files")
     t.add_argument("--data", default="runs/out/mined", help="mined dataset folder (wisv head mine)")

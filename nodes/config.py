@@ -28,13 +28,23 @@ class ModelConfig:
 
 @dataclass(frozen=True)
 class TaskConfig:
-    """Which problems a device runs: ``problems`` from index ``start_index`` of ``split``, each
-    answered in at most ``max_new_tokens`` tokens."""
+    """Which problems a device runs: ``problems`` from index ``start_index`` of ``split`` of the
+    task ``kind`` (``arith``, or ``gsm8k``/``humaneval`` from ``file``), each answered in at most
+    ``max_new_tokens`` tokens; ``chat_template`` wraps prompts in the tokenizer's chat template."""
 
     split: str = "test"
     problems: int = 20
     start_index: int = 0
     max_new_tokens: int = 128
+    kind: str = "arith"
+    file: str | None = None
+    chat_template: bool = False
+
+    def make(self):
+        """The task object (:func:`nodes.tasks.make_task`)."""
+        from nodes.tasks import make_task
+
+        return make_task(self.kind, self.file)
 
 
 @dataclass(frozen=True)

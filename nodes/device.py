@@ -109,7 +109,8 @@ class ZmqTransport:
         self.sock = zmq.Context.instance().socket(zmq.DEALER)
         self.sock.setsockopt(zmq.LINGER, 0)
         self.sock.setsockopt(zmq.MAXMSGSIZE, max_message_bytes)
-        self.sock.setsockopt(zmq.IDENTITY, f"{cfg.device_id}-{uuid.uuid4().hex[:6]}".encode())
+        # no chosen identity: the edge's ROUTER assigns one per connection (none to guess or steal); the
+        # session secret, not the identity, carries the session across a reconnect
         if curve_keys is not None:  # (server public, client public, client secret)
             self.sock.curve_serverkey, self.sock.curve_publickey, self.sock.curve_secretkey = curve_keys
         self.sock.connect(endpoint)
@@ -299,14 +300,14 @@ def _stats() -> dict:
 
 def run_problems(client: DeviceClient, pair, task: TaskConfig) -> tuple[list[dict], list[RequestResult]]:
     """Run the task's problems through ``client`` one after another; returns the per-request
-    records (scored against each problem's answer) and the results."""
+    records (scored by the task: the final answer, or the code task's tests) and the results."""
     from nodes.evaluate import encode_prompt
-    from nodes.tasks import ArithTask, score
 
+    t = task.make()
     records, results = [], []
-    for p in ArithTask().problems(task.split, task.problems, task.start_index):
-        res = client.run(encode_prompt(pair, p), task.max_new_tokens, request_id=p.uid)
-        records.append(res.record(score(pair.tokenizer.decode(res.tokens, skip_special_tokens=True), p)))
+    for p in t.problems(task.split, task.problems, task.start_index):
+        res = client.run(encode_prompt(pair, p, task.chat_template), task.max_new_tokens, request_id=p.uid)
+        records.append(res.record(t.correct(pair.tokenizer.decode(res.tokens, skip_special_tokens=True), p)))
         results.append(res)
     return records, results
 

@@ -10,7 +10,7 @@ import numpy as np
 from nodes.decoding import Drafter, ExactMatch, Verifier, autoregressive_generate, speculative_generate
 from nodes.decoding.lm import CachedLM
 from nodes.models import ModelPair, load_pair
-from nodes.tasks import ArithTask, Problem, load_gsm8k_jsonl, score
+from nodes.tasks import Problem
 
 
 @dataclass
@@ -22,18 +22,26 @@ class EvalRun:
     seconds: float
 
 
-def encode_prompt(pair: ModelPair, problem: Problem) -> list[int]:
-    """Token ids of a problem's prompt (with BOS, as in training)."""
-    return pair.tokenizer(problem.prompt)["input_ids"]
+def encode_prompt(pair: ModelPair, problem: Problem, chat_template: bool = False) -> list[int]:
+    """Token ids of a problem's prompt (with BOS, as in training), inside the tokenizer's chat
+    template (one user turn, the assistant's turn opened) when ``chat_template``."""
+    if not chat_template:
+        return pair.tokenizer(problem.prompt)["input_ids"]
+    if not getattr(pair.tokenizer, "chat_template", None):
+        raise ValueError("chat_template is on, but this tokenizer has no chat template")
+    ids = pair.tokenizer.apply_chat_template([{"role": "user", "content": problem.prompt}], add_generation_prompt=True,
+                                             tokenize=True)
+    return list(ids["input_ids"] if isinstance(ids, dict) or hasattr(ids, "keys") else ids)
 
 
-def run_autoregressive(pair: ModelPair, model, problems: list[Problem], max_new_tokens: int) -> EvalRun:
+def run_autoregressive(pair: ModelPair, model, problems: list[Problem], max_new_tokens: int,
+                       chat_template: bool = False) -> EvalRun:
     """Greedy decoding of every problem by one model alone."""
     lm = CachedLM(model)
     texts, toks = [], []
     t0 = time.perf_counter()
     for p in problems:
-        out = autoregressive_generate(lm, encode_prompt(pair, p), max_new_tokens, pair.eos_token_id)
+        out = autoregressive_generate(lm, encode_prompt(pair, p, chat_template), max_new_tokens, pair.eos_token_id)
         toks.append(out)
         texts.append(pair.tokenizer.decode(out, skip_special_tokens=True))
     return EvalRun(texts, toks, time.perf_counter() - t0)
@@ -51,17 +59,23 @@ def accept_rate_by_position(rounds_lists, gamma: int) -> list[float]:
 
 
 def evaluate_pair(drafter_path=None, target_path=None, n_problems: int = 100, gamma: int = 4, dtype: str = "fp32",
-                  gsm8k: str | None = None, max_new_tokens: int = 128, split: str = "test") -> dict:
-    """Accuracy of target, drafter and greedy speculative decoding; acceptance by position."""
+                  max_new_tokens: int = 128, split: str = "test", task: "TaskConfig | None" = None) -> dict:
+    """Accuracy of target, drafter and greedy speculative decoding on a task (default: the
+    built-in one); acceptance by position."""
+    from nodes.config import TaskConfig
+
+    task = task or TaskConfig()
     pair = load_pair(drafter_path, target_path, dtype=dtype)
-    problems = load_gsm8k_jsonl(gsm8k, n_problems) if gsm8k else ArithTask().problems(split, n_problems)
-    tgt = run_autoregressive(pair, pair.target, problems, max_new_tokens)
-    drf = run_autoregressive(pair, pair.drafter, problems, max_new_tokens)
+    judge = task.make()
+    problems = judge.problems(split, n_problems, task.start_index)
+    tgt = run_autoregressive(pair, pair.target, problems, max_new_tokens, task.chat_template)
+    drf = run_autoregressive(pair, pair.drafter, problems, max_new_tokens, task.chat_template)
     d, v = Drafter(pair.drafter), Verifier(pair.target)
     spec_tokens, rounds = [], []
     t0 = time.perf_counter()
     for p in problems:
-        r = speculative_generate(d, v, ExactMatch(), encode_prompt(pair, p), gamma, max_new_tokens, pair.eos_token_id)
+        r = speculative_generate(d, v, ExactMatch(), encode_prompt(pair, p, task.chat_template), gamma,
+                                 max_new_tokens, pair.eos_token_id)
         spec_tokens.append(r.tokens)
         rounds.append(r.rounds)
     spec_s = time.perf_counter() - t0
@@ -69,10 +83,10 @@ def evaluate_pair(drafter_path=None, target_path=None, n_problems: int = 100, ga
     n_tok = sum(len(t) for t in spec_tokens)
     n_rounds = sum(len(r) for r in rounds)
     return {
-        "problems": len(problems), "gamma": gamma, "dtype": dtype,
-        "acc_target": float(np.mean([score(t, p) for t, p in zip(tgt.texts, problems)])),
-        "acc_drafter": float(np.mean([score(t, p) for t, p in zip(drf.texts, problems)])),
-        "acc_spec": float(np.mean([score(t, p) for t, p in zip(spec_texts, problems)])),
+        "problems": len(problems), "gamma": gamma, "dtype": dtype, "task": task.kind,
+        "acc_target": float(np.mean([judge.correct(t, p) for t, p in zip(tgt.texts, problems)])),
+        "acc_drafter": float(np.mean([judge.correct(t, p) for t, p in zip(drf.texts, problems)])),
+        "acc_spec": float(np.mean([judge.correct(t, p) for t, p in zip(spec_texts, problems)])),
         "greedy_exact": all(a == b for a, b in zip(spec_tokens, tgt.tokens)),
         "accept_rate_by_pos": accept_rate_by_position(rounds, gamma),
         "mean_accepted_len": n_tok / max(1, n_rounds),

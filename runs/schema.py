@@ -108,6 +108,18 @@ class Link(Section):
 ProfileValue = Union[str, dict[str, float]]
 
 
+class Capture(Section):
+    """Packet capture of emulated runs (topologies.capture): per device link direction, a pcap
+    of what was sent and one of what arrived after delay and loss, in RUN_DIR/pcap/; read them with
+    `wisv pcap RUN_DIR` or Wireshark."""
+
+    enabled: bool = Field(False, description="capture the emulated links (also: wisv run --capture)")
+    snaplen_bytes: int = Field(256, ge=96, le=65535, description="bytes kept per packet (headers and the start of "
+                               "the payload; 96 at least)")
+    max_mb_per_file: float = Field(64.0, gt=0, le=65536, description="size cap of each pcap file, MB (2^20 bytes); a "
+                                   "capture that reaches it stops and is marked truncated")
+
+
 class Compute(Section):
     """Compute profiles (nodes.profiles): ``measured``, a preset, or explicit times
     {base_ms, per_token_ms, prefill_ms_per_token}. Presets stand for the paper's hardware; with
@@ -141,10 +153,28 @@ class Task(Section):
     """The problems. Repetition k of a run uses problems [start_index + k·problems, … + problems)
     of the split, so repetitions never repeat problems; all protocols of a repetition share them."""
 
-    split: Literal["train", "validation", "test"] = Field("test", description="task split")
+    kind: str = Field("arith", description="arith (built-in), gsm8k (GSM8K-format JSONL) or humaneval (code tasks, "
+                                           "scored by running their tests)")
+    file: str | None = Field(None, description="the JSONL file of a gsm8k or humaneval task")
+    chat_template: bool = Field(False, description="wrap prompts in the tokenizer's chat template")
+    split: Literal["train", "validation", "test"] = Field("test", description="task split (arith)")
     problems: int = Field(20, ge=1, le=100_000, description="problems per protocol, per device and repetition")
     start_index: int = Field(0, ge=0, description="first problem index in the split")
     max_new_tokens: int = Field(128, ge=1, le=4096, description="longest answer, tokens")
+
+
+    @field_validator("kind")
+    @classmethod
+    def _kind(cls, v: str) -> str:
+        from nodes.tasks import TASK_KINDS
+
+        return one_of(v, TASK_KINDS)
+
+    @model_validator(mode="after")
+    def _file(self) -> "Task":
+        if (self.kind == "arith") != (self.file is None):
+            raise ValueError("a gsm8k or humaneval task needs file; arith takes none")
+        return self
 
 
 class Sweep(Section):
@@ -164,6 +194,7 @@ class Spec(Section):
     device_traces: list[str] | None = Field(None, description="star: one trace file per device (else trace for all)")
     replay: Replay = Field(default_factory=Replay)
     link: Link = Field(default_factory=Link)
+    capture: Capture = Field(default_factory=Capture)
     protocols: list[str] | None = Field(None, min_length=1, description="protocols compared (null: the "
                                         "registry's default comparison; names below)")
     gamma: int = Field(4, ge=1, le=32, description="draft tokens per round")

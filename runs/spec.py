@@ -32,6 +32,7 @@ from nodes.config import ComputeConfig, ModelConfig, RunConfig, TaskConfig
 from nodes.profiles import profile_from_spec
 from nodes.protocols import PROTOCOLS
 from runs.schema import MAX_RUNS, Spec, key_exists
+from topologies.capture import CaptureSettings
 from topologies.topo import Topology, topology_from_spec
 
 REPO = Path(__file__).resolve().parent.parent
@@ -69,6 +70,10 @@ class RunSpec:
         """Repetitions of this run."""
         return int(self.values["repetitions"])
 
+    def capture(self) -> CaptureSettings:
+        """The packet capture of this run's emulation (spec key ``capture``; off by default)."""
+        return CaptureSettings.from_spec(self.values["capture"])
+
     def topology(self) -> Topology:
         """The emulated topology of this run."""
         return topology_from_spec(self.values["topology"])
@@ -84,7 +89,9 @@ class RunSpec:
                          head_dir=None if v["head_dir"] is None else str(resolve_path(v["head_dir"], self.source)),
                          models=ModelConfig(v["models"]["drafter"], v["models"]["target"]),
                          task=TaskConfig(t["split"], t["problems"], t["start_index"] + rep * t["problems"],
-                                         t["max_new_tokens"]),
+                                         t["max_new_tokens"], t["kind"],
+                                         None if t["file"] is None else str(resolve_path(t["file"], self.source)),
+                                         t["chat_template"]),
                          compute=ComputeConfig(profile_from_spec(c["device"]), profile_from_spec(c["edge"])))
 
     def trace_path(self, rep: int = 0) -> Path:
@@ -177,6 +184,9 @@ def _validate(raw: dict, source: str) -> dict:
     if t["file"] is not None and not resolve_path(t["file"], source).exists():
         raise SpecError(f"{source}: trace.file {t['file']!r} not found (looked beside the spec, in the repository "
                         f"and in {Path.cwd()})")
+    task_file = values["task"]["file"]
+    if task_file is not None and not resolve_path(task_file, source).is_file():
+        raise SpecError(f"{source}: task.file {task_file!r} not found")
     for f in values["device_traces"] or []:
         if not resolve_path(f, source).exists():
             raise SpecError(f"{source}: device_traces entry {f!r} not found")

@@ -49,3 +49,40 @@ def test_gsm8k_loader(tmp_path):
     p.write_text('{"question": \n')
     with pytest.raises(ValueError, match=r"g.jsonl:1:\d+: invalid JSON"):
         load_gsm8k_jsonl(p)
+
+
+def test_code_task_runs_tests_in_a_bounded_process(tmp_path):
+    from nodes.tasks import make_task
+    from nodes.tasks.registry import run_tests
+
+    assert run_tests("def f(x):\n    return x + 1\n", "def check(g):\n    assert g(1) == 2\n", "f")
+    assert not run_tests("def f(x):\n    return x\n", "def check(g):\n    assert g(1) == 2\n", "f")
+    assert not run_tests("def f(x):\n    while True:\n        pass\n", "def check(g):\n    g(1)\n", "f")  # CPU limit
+    assert not run_tests("def f(x):\n    return bytearray(4 << 30)\n", "def check(g):\n    g(1)\n", "f")  # memory
+    f = tmp_path / "he.jsonl"
+    f.write_text(json.dumps({"task_id": "T/0", "prompt": "def inc(x):\n", "entry_point": "inc",
+                             "test": "def check(g):\n    assert g(2) == 3\n"}) + "\n")
+    task = make_task("humaneval", f)
+    (p,) = task.problems("test", 1)
+    assert p.uid == "T/0" and task.correct("    return x + 1\n", p) and not task.correct("    return x\n", p)
+    with pytest.raises(ValueError, match="1 problems"):
+        task.problems("test", 2)
+
+
+def test_gsm8k_file_task_end_to_end_in_simulation(tmp_path):
+    """A GSM8K-format file is a task of every decoding command: here wisv simulate."""
+    import subprocess
+    import sys
+
+    from nodes.tasks import ArithTask
+
+    f = tmp_path / "g.jsonl"
+    with open(f, "w") as out:
+        for p in ArithTask().problems("test", 3):
+            q = p.prompt.removeprefix("Question: ").removesuffix("\nAnswer:").removesuffix(" Answer :")
+            out.write(json.dumps({"question": q, "answer": p.solution.strip()}) + "\n")
+    r = subprocess.run([sys.executable, "-m", "wisv.cli", "simulate", "--protocols", "vanilla", "--problems", "3",
+                        "--task", "gsm8k", "--task-file", str(f), "-o", str(tmp_path), "--json"],
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout.strip().splitlines()[-1])["vanilla"]["problems"] == 3

@@ -15,6 +15,8 @@ class Problem:
     prompt: str
     solution: str
     answer: str
+    tests: str = ""        # code tasks: the tests that must pass
+    entry_point: str = ""  # code tasks: the function the tests check
 
 
 def extract_answer(text: str) -> str | None:
