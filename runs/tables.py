@@ -188,16 +188,16 @@ def write_tables(out_dir: Path, frames: dict[str, list[pd.DataFrame]], meta: dic
 def collect_tables(out_dir: Path, mode: str) -> None:
     """Gather every run of an experiment directory (``<run>/rep<k>/``) into its tables."""
     frames: dict[str, list[pd.DataFrame]] = {t: [] for t in TABLES}
-    runs, swept_keys = set(), set()
+    runs, swept_keys = set(), {}
     for spec_file in sorted(out_dir.glob("*/rep*/spec.json")):
         rd = spec_file.parent
         spec = json.loads(spec_file.read_text())
         runs.add(rd.parent.name)
         swept = spec.get("swept") or {}  # every swept key is a column, named by its dotted key
-        swept_keys |= set(swept)
+        swept_keys.update(dict.fromkeys(swept))  # in the spec's order
         for name, parts in run_dir_frames(rd, rd.parent.name, int(rd.name[3:]), spec.get("mode", mode)).items():
             frames[name] += [p.assign(**swept) for p in parts]
-    write_tables(out_dir, frames, {"mode": mode, "runs": sorted(runs), "swept": sorted(swept_keys)})
+    write_tables(out_dir, frames, {"mode": mode, "runs": sorted(runs), "swept": list(swept_keys)})
 
 
 def write_run_tables(rd: Path, mode: str = "emulate") -> None:
