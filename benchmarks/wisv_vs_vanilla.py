@@ -24,9 +24,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import torch  # noqa: E402
 
 from channel_models.csi import CSI  # noqa: E402
-from nodes.config import RunConfig, TaskConfig  # noqa: E402
+from nodes.config import ComputeConfig, RunConfig, TaskConfig  # noqa: E402
 from nodes.models import load_pair  # noqa: E402
+from nodes.profiles import DEFAULT_DEVICE_PROFILE, DEFAULT_EDGE_PROFILE, PRESETS  # noqa: E402
 from runs.simulate import simulate  # noqa: E402
+
+# the paper's hardware class, as the default experiment: latencies do not move with host load
+PAPER_HARDWARE = ComputeConfig(PRESETS[DEFAULT_DEVICE_PROFILE].profile, PRESETS[DEFAULT_EDGE_PROFILE].profile)
 from traces.format import read_trace  # noqa: E402
 from traces.defaults import DEFAULT_TRACE  # noqa: E402
 
@@ -70,7 +74,7 @@ def lambda_curve(pair, mined: Path, problems: int, lambdas: list[float]) -> list
     for lam in lambdas:
         d = Path(tempfile.mkdtemp(prefix="wisv-heads-"))
         train_heads(mined, d, lam)
-        cfg = RunConfig(head_dir=str(d), task=TaskConfig(problems=problems))
+        cfg = RunConfig(head_dir=str(d), task=TaskConfig(problems=problems), compute=PAPER_HARDWARE)
         r = simulate(pair, read_trace(DEFAULT_TRACE), cfg, ["wisv-full"])["wisv-full"]
         curve.append({"lambda_ms": lam, "accuracy": r.accuracy, "latency_s": r.latency_ms_mean / 1000.0,
                       "mean_accepted_len": r.mean_accepted_len})
@@ -86,7 +90,8 @@ def main() -> None:
     ap.add_argument("--lambdas", default="100,300,1000,3000")
     a = ap.parse_args()
     pair = load_pair()
-    res = simulate(pair, read_trace(DEFAULT_TRACE), RunConfig(task=TaskConfig(problems=a.problems)), PROTOCOLS)
+    res = simulate(pair, read_trace(DEFAULT_TRACE), RunConfig(task=TaskConfig(problems=a.problems),
+                                                              compute=PAPER_HARDWARE), PROTOCOLS)
     base = res["vanilla"]
     out = {}
     for k, v in res.items():
