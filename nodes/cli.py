@@ -86,7 +86,9 @@ def add_run_config_args(p: argparse.ArgumentParser, device: bool) -> None:
     p.add_argument("--config", help="run config JSON (as orchestrators write it); replaces the options below")
     p.add_argument("--drafter", help="drafter model folder (default: the shipped pair)")
     p.add_argument("--target", help="target model folder (default: the shipped pair)")
-    p.add_argument("--dtype", choices=["fp32", "bf16", "fp16"], default="fp32", help="model weights dtype")
+    p.add_argument("--dtype", choices=["fp32", "bf16", "fp16"], default="fp32",
+                   help="this node's model weights dtype (exact greedy verification needs fp32)")
+    p.add_argument("--device", default="cpu", help="this node's torch device: cpu, cuda, cuda:N")
     if device:
         p.add_argument("--protocol", default="vanilla", choices=PROTOCOLS.names(), help="verification protocol")
         p.add_argument("--gamma", type=int, default=4, help="draft tokens per round")
@@ -128,7 +130,8 @@ def config_from_args(a: argparse.Namespace) -> "RunConfig":
     if a.config:
         cfg = RunConfig.read(a.config)
     else:
-        models = ModelConfig(a.drafter, a.target, a.dtype)
+        role = "drafter" if hasattr(a, "protocol") else "target"
+        models = ModelConfig(a.drafter, a.target, **{f"{role}_device": a.device, f"{role}_dtype": a.dtype})
         if hasattr(a, "protocol"):
             cfg = RunConfig(a.run_id, a.protocol, a.gamma, a.temperature, a.hidden_dtype, a.seed, timeout_ms=a.timeout_ms,
                             retries=a.retries, models=models,
@@ -166,11 +169,11 @@ def cmd_edge(a: argparse.Namespace) -> int:
 
     _threads(a)
     from nodes.edge import EdgeLimits, EdgeServer
-    from nodes.models import load_pair
+    from nodes.models import load_models
 
     cfg = config_from_args(a)
     secret, allow = _edge_curve(a)
-    pair = load_pair(cfg.models.drafter, cfg.models.target, dtype=cfg.models.dtype)
+    pair = load_models(cfg.models, ("target",))  # the edge holds the target only
     server = EdgeServer(pair.target, pair.eos_token_id, a.bind, EdgeLimits(max_gamma=a.max_gamma,
                         max_sessions=a.max_sessions, max_message_bytes=a.max_message_bytes,
                         max_prompt_tokens=a.max_prompt_tokens), a.token, cfg.head_dir,
@@ -199,7 +202,7 @@ def cmd_device(a: argparse.Namespace) -> int:
     from nodes.telemetry import RoundLogger
 
     cfg = config_from_args(a)
-    pair = load_pair(cfg.models.drafter, cfg.models.target, dtype=cfg.models.dtype)
+    pair = load_models(cfg.models, ("drafter",))  # the device holds the drafter only
     logger = RoundLogger(a.log) if a.log else None
     curve = None
     if a.curve_client_secret and not a.curve_server_public:

@@ -3,7 +3,7 @@ command line) and handed as JSON to the device and edge processes and to the sim
 so no setting is dropped on any path.
 
     RunConfig(run_id, protocol, gamma, temperature, hidden_dtype, seed, lambda_ms, head_dir,
-              models=ModelConfig(drafter, target, dtype), task=TaskConfig(split, problems, ...),
+              models=ModelConfig(drafter, target, devices, dtypes), task=TaskConfig(split, problems, ...),
               compute=ComputeConfig(device=ComputeProfile, edge=ComputeProfile),   # nodes.profiles
               timeout_ms, retries)
 """
@@ -19,11 +19,17 @@ from nodes.profiles import ComputeProfile
 
 @dataclass(frozen=True)
 class ModelConfig:
-    """Local model folders (None: the shipped default pair) and their dtype (fp32, bf16, fp16)."""
+    """Local model folders (None: the shipped default pair), and per model its placement
+    (``cpu``, ``cuda``, ``cuda:N``) and weights dtype (``fp32``, ``bf16``, ``fp16``). Greedy
+    speculative decoding reproduces the target's own greedy output exactly only in fp32: bf16/fp16
+    batched verification rounds differently from one-token decoding."""
 
     drafter: str | None = None
     target: str | None = None
-    dtype: str = "fp32"
+    drafter_device: str = "cpu"
+    target_device: str = "cpu"
+    drafter_dtype: str = "fp32"
+    target_dtype: str = "fp32"
 
 
 @dataclass(frozen=True)

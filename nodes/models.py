@@ -49,9 +49,27 @@ def load_tokenizer(path: str | os.PathLike):
     return AutoTokenizer.from_pretrained(Path(path), local_files_only=True)
 
 
+def load_models(models, roles: tuple[str, ...] = ("drafter", "target")) -> ModelPair:
+    """The models of a :class:`nodes.config.ModelConfig` that ``roles`` name, each on its own
+    device in its own dtype (a node loads only its own: the edge the target, a device the
+    drafter; the other is None), with the shared tokenizer."""
+    if set(roles) == {"drafter", "target"}:
+        return load_pair(models.drafter, models.target, placement=models)
+    (role,) = roles
+    path = Path(getattr(models, role) or DEFAULT_DIR / role)
+    device, dtype = getattr(models, f"{role}_device"), getattr(models, f"{role}_dtype")
+    if dtype not in DTYPES:
+        raise ValueError(f"{role} dtype must be one of {sorted(DTYPES)}")
+    model = load_model(path, device, dtype)
+    return ModelPair(model if role == "drafter" else None, model if role == "target" else None, load_tokenizer(path),
+                     torch.device(device), DTYPES[dtype])
+
+
 def load_pair(drafter_path: str | os.PathLike | None = None, target_path: str | os.PathLike | None = None,
-              device: str = "cpu", dtype: str = "fp32") -> ModelPair:
-    """Load a drafter/target pair (default: the shipped pair); ValueError if their tokenizers differ."""
+              device: str = "cpu", dtype: str = "fp32", placement=None) -> ModelPair:
+    """Load a drafter/target pair (default: the shipped pair) on ``device`` in ``dtype``, or per
+    model as a :class:`nodes.config.ModelConfig` ``placement`` says; ValueError if their
+    tokenizers differ."""
     if dtype not in DTYPES:
         raise ValueError(f"dtype must be one of {sorted(DTYPES)}")
     drafter_path = Path(drafter_path or DEFAULT_DIR / "drafter")
@@ -63,8 +81,10 @@ def load_pair(drafter_path: str | os.PathLike | None = None, target_path: str | 
     tok_d = load_tokenizer(drafter_path)
     if tok_t.get_vocab() != tok_d.get_vocab():
         raise ValueError(f"{drafter_path} and {target_path} do not share a tokenizer")
-    return ModelPair(drafter=load_model(drafter_path, device, dtype), target=load_model(target_path, device, dtype),
-                     tokenizer=tok_t, device=torch.device(device), dtype=DTYPES[dtype])
+    place = {r: (getattr(placement, f"{r}_device"), getattr(placement, f"{r}_dtype")) if placement else (device, dtype)
+             for r in ("drafter", "target")}
+    return ModelPair(drafter=load_model(drafter_path, *place["drafter"]), target=load_model(target_path, *place["target"]),
+                     tokenizer=tok_t, device=torch.device(place["target"][0]), dtype=DTYPES[place["target"][1]])
 
 
 def model_identity(config) -> dict:

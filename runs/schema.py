@@ -147,6 +147,11 @@ class Models(Section):
 
     drafter: str | None = Field(None, description="drafter folder (Hugging Face format)")
     target: str | None = Field(None, description="target folder (same tokenizer)")
+    drafter_device: str = Field("cpu", description="torch device of the drafter: cpu, cuda, cuda:N")
+    target_device: str = Field("cpu", description="torch device of the target (a GPU edge: cuda)")
+    drafter_dtype: Literal["fp32", "bf16", "fp16"] = Field("fp32", description="drafter weights dtype")
+    target_dtype: Literal["fp32", "bf16", "fp16"] = Field("fp32", description="target weights dtype (greedy "
+                                                          "exactness against the target holds in fp32 only)")
 
 
 class Task(Section):

@@ -87,7 +87,7 @@ class RunSpec:
         return RunConfig(run_id=run_id, protocol=self.protocols[0], gamma=v["gamma"], temperature=float(v["temperature"]),
                          hidden_dtype=v["hidden_dtype"], seed=v["seed"] + rep, lambda_ms=v["lambda_ms"],
                          head_dir=None if v["head_dir"] is None else str(resolve_path(v["head_dir"], self.source)),
-                         models=ModelConfig(v["models"]["drafter"], v["models"]["target"]),
+                         models=ModelConfig(**v["models"]),
                          task=TaskConfig(t["split"], t["problems"], t["start_index"] + rep * t["problems"],
                                          t["max_new_tokens"], t["kind"],
                                          None if t["file"] is None else str(resolve_path(t["file"], self.source)),

@@ -88,3 +88,13 @@ def test_head_train_never_writes_the_shipped_heads_unless_asked(tmp_path):
                        capture_output=True, text=True, cwd=str(REPO), timeout=120)
     assert r.returncode == 2 and "--ship" in r.stderr
     assert (DEFAULT / "head-full.safetensors").read_bytes() == before
+
+
+def test_each_node_loads_only_its_own_model_where_the_config_places_it():
+    from nodes.config import ModelConfig
+    from nodes.models import load_models
+
+    edge = load_models(ModelConfig(target_dtype="bf16"), ("target",))
+    assert edge.drafter is None and next(edge.target.parameters()).dtype.__str__() == "torch.bfloat16"
+    dev = load_models(ModelConfig(), ("drafter",))
+    assert dev.target is None and dev.drafter is not None and dev.eos_token_id == edge.eos_token_id
