@@ -13,10 +13,18 @@ protocols see the same channel; the device reports the trace step in force as it
 setting of a protocol run is one :class:`nodes.config.RunConfig`, written beside the logs and
 handed to the node processes as ``--config``; after each protocol the run directory holds the
 same Parquet tables as an experiment's, so ``wisv report RUN_DIR`` reads it.
+
+Every process (edge, devices, and the network's tc batches, delay elements and cross traffic)
+is started through :meth:`topologies.net.EmulatedNetwork.popen`: it dies with this process, even
+on ``kill -9``, and is registered for ``wisv link cleanup``. While a protocol runs, every one of
+them is watched: one that dies fails the run within a second, naming it and its log. Use a
+Testbed from one thread (the one that outlives its processes, as the parent-death signal
+follows the thread that started them).
 """
 from __future__ import annotations
 
 import json
+import logging
 import subprocess
 import sys
 import tempfile
@@ -30,7 +38,7 @@ import pandas as pd
 from nodes.config import ModelConfig, RunConfig, TaskConfig
 from runs.summary import ProtocolSummary, summarise
 from runs.tables import write_run_tables
-from topologies.net import EDGE_IP, EmulatedNetwork
+from topologies.net import EDGE_IP, EmulatedNetwork, last_line
 from topologies.replayer import ReplayOptions, TraceReplayer
 from topologies.shapers import QueueLimit
 from topologies.topo import DeviceEdge, Topology
@@ -38,6 +46,8 @@ from traces.format import read_trace
 
 REPO = Path(__file__).resolve().parent.parent
 EDGE_PORT = 5555
+WATCH_INTERVAL_S = 0.25  # how often the watch looks at the processes and the round logs
+log = logging.getLogger(__name__)
 
 
 class RunFailed(RuntimeError):
@@ -102,12 +112,13 @@ class Testbed:
             c = replace(c, lambda_ms=lambda_ms)
         self.config = c
         path = c.write(self.run_dir / "edge-config.json")
-        self._edge_log = open(self.run_dir / "edge.log", "ab")
-        self.edge = self.net.edge.popen([sys.executable, "-m", "wisv.cli", "node", "edge", "--bind",
-                                         f"tcp://0.0.0.0:{EDGE_PORT}", "--threads", "1", "--config", str(path)],
-                                        stdout=subprocess.PIPE, stderr=self._edge_log, cwd=str(REPO))
+        edge_log = self.run_dir / "edge.log"
+        self._edge_log = open(edge_log, "ab")
+        self.edge = self.net.popen(self.net.edge, [sys.executable, "-m", "wisv.cli", "node", "edge", "--bind",
+                                                   f"tcp://0.0.0.0:{EDGE_PORT}", "--threads", "1", "--config", str(path)],
+                                   "the edge", edge_log, stdout=subprocess.PIPE, stderr=self._edge_log, cwd=str(REPO))
         if not self.edge.stdout.readline().decode().startswith("ready"):
-            raise RunFailed(f"the edge did not start (see {self.run_dir / 'edge.log'})")
+            raise RunFailed(f"the edge did not start{_exit_and_cause(self.edge, edge_log)}")
 
     def protocol_config(self, protocol: str, problems: int | None = None, gamma: int | None = None,
                         split: str | None = None, max_new_tokens: int | None = None) -> RunConfig:
@@ -131,48 +142,49 @@ class Testbed:
         cfg_path = cfg.write(rd / f"config-{protocol}.json")
         n = len(self.net.devices)
         tag = (lambda k: protocol) if n == 1 else (lambda k: f"{protocol}-d{k}")
+        dev_logs = [rd / f"device-{tag(k)}.log" for k in range(n)]
         replayer = self._replayer(timeout_s * 1000.0)
         devs, errs = [], []
+        self._check_alive(protocol, [], [], replayer)
         try:
             for k, host in enumerate(self.net.devices):
-                errs.append(open(rd / f"device-{tag(k)}.log", "ab"))
-                dev = host.popen(
+                errs.append(open(dev_logs[k], "ab"))
+                dev = self.net.popen(
+                    host,
                     [sys.executable, "-m", "wisv.cli", "node", "device", "--connect", f"tcp://{EDGE_IP}:{EDGE_PORT}",
                      "--threads", "1", "--config", str(cfg_path), "--device-index", str(k),
                      "--log", str(rd / f"rounds-{tag(k)}.jsonl"), "--trace", str(self.trace_paths[k]), "--wait-go",
                      "--json-out", str(rd / f"requests-{tag(k)}.json"), "--count-iface", host.intfList()[0].name],
+                    f"device {k}", dev_logs[k], watch=False,
                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=errs[-1], cwd=str(REPO))
                 devs.append(dev)
                 if on_device_start is not None:
                     on_device_start(protocol, dev)
             for k, dev in enumerate(devs):  # every device has its model and a session
                 if dev.stdout.readline().decode().strip() != "ready":
-                    raise RunFailed(f"{protocol}: device {k} did not start (see {rd}/device-{tag(k)}.log)")
+                    self._check_alive(protocol, [], [], None)  # a dead edge is the cause, if it is dead
+                    raise RunFailed(f"{protocol}: device {k} did not start{_exit_and_cause(dev, dev_logs[k])}")
             start = time.monotonic()  # the trace starts with the first request
             replayer.start(start)
             for dev in devs:
                 dev.stdin.write(f"{start}\n".encode())
                 dev.stdin.flush()
             deadline = time.monotonic() + timeout_s
-            self._watch(protocol, devs, [rd / f"rounds-{tag(k)}.jsonl" for k in range(n)], cfg.task.problems * n,
-                        deadline)
+            self._watch(protocol, devs, dev_logs, [rd / f"rounds-{tag(k)}.jsonl" for k in range(n)],
+                        cfg.task.problems * n, deadline, replayer)
             for k, dev in enumerate(devs):
                 try:
                     stdout, _ = dev.communicate(timeout=max(1.0, deadline - time.monotonic()))
                 except subprocess.TimeoutExpired:
                     raise RunFailed(f"{protocol}: device {k} did not finish in {timeout_s:g} s") from None
                 if dev.returncode != 0 or not stdout.strip():
-                    raise RunFailed(f"{protocol}: the device exited with {dev.returncode} (see {rd}/device-{tag(k)}.log;"
-                                    f" rounds so far in rounds-{tag(k)}.jsonl)")
-        finally:
-            for dev in devs:
-                if dev.poll() is None:
-                    dev.kill()
-                    dev.wait()
-            replayer.stop()
-            replayer.log.frame().to_csv(rd / f"link-steps-{protocol}.csv", index=False)
-            for e in errs:
-                e.close()
+                    raise RunFailed(f"{protocol}: the device exited with {dev.returncode}{_cause(dev_logs[k])} "
+                                    f"(rounds so far in rounds-{tag(k)}.jsonl)")
+        except BaseException:
+            self._finish_protocol(protocol, devs, errs, replayer)
+            _best_effort(write_run_tables, rd)  # the tables of what finished
+            raise
+        self._finish_protocol(protocol, devs, errs, replayer)
         requests, rounds = [], []
         for k in range(n):
             requests += json.loads((rd / f"requests-{tag(k)}.json").read_text())["requests"]
@@ -180,8 +192,40 @@ class Testbed:
         write_run_tables(rd)
         return summarise(protocol, requests, rounds)
 
-    def _watch(self, protocol: str, devs: list, logs: list[Path], total: int, deadline: float) -> None:
-        """Show problems and rounds done (from the round logs) until every device exits."""
+    def _finish_protocol(self, protocol: str, devs: list, errs: list, replayer: TraceReplayer) -> None:
+        """Kill devices still running, stop the replay, write the link steps (a header at least),
+        close the logs. Never raises: a failure here must not hide the run's own error."""
+        for dev in devs:
+            if dev.poll() is None:
+                dev.kill()
+            try:
+                dev.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                log.warning("%s: device pid %d did not exit after SIGKILL", protocol, dev.pid)
+        _best_effort(replayer.stop)
+        _best_effort(lambda: replayer.log.frame().to_csv(self.run_dir / f"link-steps-{protocol}.csv", index=False))
+        for e in errs:
+            e.close()
+
+    def _check_alive(self, protocol: str, devs: list, dev_logs: list[Path], replayer: TraceReplayer | None) -> None:
+        """RunFailed naming the first process that must not have died and did: the edge, a
+        process of the network (tc batch, delay element, cross traffic), a device that failed
+        (exit status ≠ 0), or the trace replay."""
+        try:
+            self.net.check_processes()
+        except RuntimeError as e:
+            raise RunFailed(f"{protocol}: {e}") from None
+        for k, dev in enumerate(devs):
+            if dev.poll() not in (None, 0):
+                raise RunFailed(f"{protocol}: the device exited with {dev.returncode}{_cause(dev_logs[k])}")
+        if replayer is not None and replayer.error is not None:
+            raise RunFailed(f"{protocol}: the trace replay failed: {replayer.error!r}")
+
+    def _watch(self, protocol: str, devs: list, dev_logs: list[Path], logs: list[Path], total: int, deadline: float,
+               replayer: TraceReplayer) -> None:
+        """Until every device exits: every :data:`WATCH_INTERVAL_S` s, fail the run if any
+        process died (:meth:`_check_alive`), and show problems and rounds done (from the round
+        logs)."""
         bar = None
         if self.progress:
             from tqdm import tqdm
@@ -192,7 +236,8 @@ class Testbed:
         n_rounds = 0
         try:
             while any(d.poll() is None for d in devs) and time.monotonic() < deadline:
-                time.sleep(0.5)
+                time.sleep(WATCH_INTERVAL_S)
+                self._check_alive(protocol, devs, dev_logs, replayer)
                 if bar is None:
                     continue
                 for i, f in enumerate(logs):
@@ -209,6 +254,7 @@ class Testbed:
                 bar.n = max(0, len(requests) - sum(d.poll() is None for d in devs))
                 bar.set_postfix(rounds=n_rounds)
                 bar.refresh()
+            self._check_alive(protocol, devs, dev_logs, replayer)
         finally:
             if bar is not None:
                 bar.close()
@@ -222,6 +268,8 @@ class Testbed:
     def stop(self) -> None:
         """Stop the edge and tear the network down (idempotent)."""
         if self.edge is not None:
+            if self.net is not None:
+                self.net.unwatch(self.edge)
             if self.edge.poll() is None:
                 self.edge.terminate()
                 try:
@@ -236,3 +284,26 @@ class Testbed:
         if self.net is not None:
             self.net.stop()
             self.net = None
+
+
+def _cause(log_path: Path) -> str:
+    """``: <last line of the log> (see <log>)``: a failed node's own error, for the user."""
+    line = last_line(log_path)
+    return f": {line} (see {log_path})" if line else f" (see {log_path})"
+
+
+def _exit_and_cause(proc: subprocess.Popen, log_path: Path) -> str:
+    """The exit status of a node that stopped early (waiting briefly for it) and its cause."""
+    try:
+        proc.wait(timeout=5)
+    except subprocess.TimeoutExpired:
+        return _cause(log_path)
+    return f" (exit {proc.returncode}){_cause(log_path)}"
+
+
+def _best_effort(fn, *args) -> None:
+    """Call ``fn(*args)``; log an exception instead of raising it (cleanup paths)."""
+    try:
+        fn(*args)
+    except Exception:  # noqa: BLE001 - never hide the error being handled
+        log.warning("%s failed", getattr(fn, "__name__", fn), exc_info=True)

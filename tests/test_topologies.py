@@ -153,7 +153,8 @@ def test_star_with_two_devices_and_cross_traffic(support, tmp_path):
                 break
             time.sleep(0.05)
         assert "rate 7Mbit" in classes and "rate 5Mbit" in classes
-        assert all(p.poll() is None for p in net._procs)  # the cross-traffic sender and sink run
+        net.check_processes()  # every process of the network runs, among them the cross-traffic sender and sink
+        assert {"cross-traffic sink", "cross-traffic source"} <= {o.role for o in net.processes()}
         base = net.links[0]["up"].counters()["rx_bytes"]  # the edge's interface sees the cross traffic
         deadline = time.monotonic() + 10.0
         while net.links[0]["up"].counters()["rx_bytes"] - base < 100_000 and time.monotonic() < deadline:
@@ -193,3 +194,80 @@ def test_killed_run_leaves_nothing_after_cleanup(support, tmp_path):
     assert f"mininet:d{tag}" not in ps and f"mininet:e{tag}" not in ps
     assert "topologies.delay_element" not in ps or tag not in ps
     assert not (REGISTRY_DIR / f"net-{tag}.json").exists()
+
+
+def _udp_delivered(net, tmp_path: Path, name: str, n: int = 40, duration_s: float = 2.0) -> int:
+    """Datagrams of 100 B (n over ``duration_s``) from the device that reach the edge."""
+    from topologies.net import EDGE_IP
+
+    until = time.monotonic() + duration_s + 2.0
+    out = tmp_path / f"{name}.npy"
+    sink = net.edge.popen([sys.executable, "-m", "topologies.probe_traffic", "recv", "--port", "5901", "--until",
+                           f"{until}", "--out", str(out)], stdout=subprocess.PIPE, cwd=str(REPO))
+    src = None
+    try:
+        assert sink.stdout.readline().strip() == b"ready"
+        src = net.devices[0].popen([sys.executable, "-m", "topologies.probe_traffic", "send", "--dst", EDGE_IP,
+                                    "--port", "5901", "--pps", f"{n / duration_s}", "--size", "100", "--start-at",
+                                    f"{time.monotonic() + 0.2}", "--duration", f"{duration_s}"],
+                                   stdout=subprocess.DEVNULL, cwd=str(REPO))
+        assert src.wait(timeout=30) == 0 and sink.wait(timeout=30) == 0
+    finally:
+        for p in (sink, src):
+            if p is not None and p.poll() is None:
+                p.kill()
+                p.wait()
+    return len(np.load(out))
+
+
+def test_rate_zero_is_an_outage_not_htb_s_floor(support, tmp_path):
+    """A trace's rate 0 delivers nothing (HTB alone would pass ~8 kbit/s plus a 3 KB burst:
+    most of 40 small datagrams); the link carries everything again when the rate returns."""
+    from topologies.net import EmulatedNetwork
+
+    with EmulatedNetwork(run_dir=tmp_path, initial=(10e6, 5.0, 0.0)) as net:
+        up = net.links[0]["up"]
+        up.set(0.0, 5.0, 0.0)
+        during = _udp_delivered(net, tmp_path, "outage")
+        up.set(10e6, 5.0, 0.0)
+        after = _udp_delivered(net, tmp_path, "after")
+    assert during == 0, during
+    assert after >= 38, after
+
+
+def test_cleanup_kills_a_registered_process_that_outlived_its_run(support, tmp_path):
+    """A process of the network that does not die with the run (here: started with plain
+    Mininet popen, then adopted) is killed by cleanup from the registry — by pid and start time
+    — and named; its namespace goes with it."""
+    script = textwrap.dedent(f"""
+        import sys, time
+        sys.path.insert(0, {str(REPO)!r})
+        from topologies.net import EmulatedNetwork
+        net = EmulatedNetwork(run_dir={str(tmp_path)!r}).start()
+        p = net.adopt(net.edge.popen(["sleep", "300"]), "stand-in edge", net.edge)
+        print(net.tag, p.pid, flush=True)
+        time.sleep(120)
+    """)
+    registry = tmp_path / "registry"
+    env = {**os.environ, "WISV_REGISTRY_DIR": str(registry)}
+    p = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                         env=env)
+    line = p.stdout.readline().split()
+    p.send_signal(signal.SIGKILL)
+    p.wait()
+    assert line, f"the child did not build its network: {p.stderr.read()}"
+    tag, orphan = line[0], int(line[1])
+    try:
+        assert os.path.exists(f"/proc/{orphan}"), "the stand-in should outlive its run"
+        r = subprocess.run([sys.executable, "-m", "wisv.cli", "link", "cleanup"], cwd=REPO, env=env,
+                           capture_output=True, text=True, timeout=60)
+        assert f"stand-in edge (pid {orphan}) in host e{tag}" in r.stdout, r.stdout + r.stderr
+        deadline = time.monotonic() + 5
+        while os.path.exists(f"/proc/{orphan}") and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not os.path.exists(f"/proc/{orphan}")
+        time.sleep(0.5)
+        assert tag not in subprocess.run(["ip", "-o", "link"], capture_output=True, text=True).stdout
+    finally:
+        if os.path.exists(f"/proc/{orphan}"):
+            os.kill(orphan, signal.SIGKILL)

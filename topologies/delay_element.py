@@ -7,8 +7,9 @@ probability ``loss``, drawn from a seeded generator so the same packet sequence 
 way. Control is a line protocol on standard input (the orchestrator lives in another
 namespace, so no socket is needed): ``<delay_ms> <loss>`` applies atomically to packets arriving
 after it; ``stats`` answers one JSON line of counters on standard output. A malformed line is
-ignored (the link keeps its state). The element exits when its standard input closes (its
-parent died), so a killed run leaves no holder of the namespace behind.
+ignored (the link keeps its state). The element exits when its standard input closes, and is
+killed by the kernel when the orchestrator that started it dies (``nodes.lifecycle``), so a killed
+run leaves no holder of the namespace behind.
 
 Usage (inside the namespace): python -m topologies.delay_element --queue Q [--seed S]
 """
@@ -23,6 +24,8 @@ import select
 import socket
 import sys
 import time
+
+from nodes.lifecycle import die_with_orchestrator
 
 
 def run(queue_num: int, seed: int, delay_ms: float, loss: float, max_len: int) -> None:
@@ -100,6 +103,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--loss", type=float, default=0.0)
     ap.add_argument("--max-len", type=int, default=8192)
     a = ap.parse_args(argv)
+    die_with_orchestrator()
     run(a.queue, a.seed, a.delay_ms, a.loss, a.max_len)
     return 0
 

@@ -44,16 +44,22 @@ def prepare(trace: Trace, opts: ReplayOptions) -> Trace:
     return t
 
 
+LINK_VALUES = ("rate_bps_up", "delay_ms_up", "loss_up", "rate_bps_down", "delay_ms_down", "loss_down")
+# device index, trace row, trace ms, due and applied monotonic s, applied wall clock (epoch s), lateness ms
+STEP_COLUMNS = ("step", "device", "t_ms", "due_s", "applied_s", "applied_epoch_s", "apply_ms", *LINK_VALUES)
+
+
 @dataclass
 class StepLog:
-    """What was applied when: index, trace time, due and applied monotonic seconds, cost."""
+    """What was applied when (:data:`STEP_COLUMNS`): trace row and time, due and applied
+    monotonic seconds, applied wall clock (epoch s, the round logs' clock), lateness, values."""
 
     rows: list[dict] = field(default_factory=list)
     missed: int = 0
 
     def frame(self) -> pd.DataFrame:
-        """The log as a DataFrame (one row per applied step)."""
-        return pd.DataFrame(self.rows)
+        """The log as a DataFrame (one row per applied step; the columns even when empty)."""
+        return pd.DataFrame(self.rows, columns=list(STEP_COLUMNS))
 
     def apply_ms(self) -> np.ndarray:
         """Time from due to applied per step, in ms."""
@@ -128,12 +134,10 @@ class TraceReplayer:
                     self.log.missed += 1
                 else:
                     self.apply(k, i)
-                    applied = time.monotonic()
+                    applied, applied_epoch = time.monotonic(), time.time()
                     self.log.rows.append({"step": i, "device": k, "t_ms": t_ms, "due_s": due, "applied_s": applied,
-                                          "apply_ms": (applied - due) * 1000.0, **{
-                                              f"{c}": float(self._cols[k][c][i]) for c in
-                                              ("rate_bps_up", "delay_ms_up", "loss_up", "rate_bps_down",
-                                               "delay_ms_down", "loss_down")}})
+                                          "applied_epoch_s": applied_epoch, "apply_ms": (applied - due) * 1000.0,
+                                          **{c: float(self._cols[k][c][i]) for c in LINK_VALUES}})
                 j += 1
         except BaseException as e:  # surfaced by join()
             self.error = e

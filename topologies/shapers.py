@@ -3,6 +3,9 @@ loss by netem under the HTB class or by the NFQUEUE delay element at the receive
 
 Both backends share one interface, :class:`LinkShaper`: ``setup()``, ``set(rate_bps, delay_ms,
 loss)`` (called every trace step; sub-millisecond), ``counters()``, ``teardown()``.
+
+A rate of 0 is an outage: while it is in force the link drops every packet (loss 1.0 at netem or
+at the delay element); HTB itself cannot go below 8 kbit/s and stays at that floor meanwhile.
 """
 from __future__ import annotations
 
@@ -13,12 +16,27 @@ import sys
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 from nodes.netdev import read_counters
 from topologies.tcbatch import TcBatch
 
 log = logging.getLogger(__name__)
 HZ = 250  # kernel timer frequency seen here; HTB needs a burst of at least rate / HZ
+HTB_MIN_RATE_BPS = 8000  # HTB's smallest rate; a trace's rate 0 is an outage instead (effective_loss)
+# Starts a process in a host: spawn(host, argv, role, log_path, **Popen keywords) -> Popen.
+Spawn = Callable[..., subprocess.Popen]
+
+
+def plain_spawn(host, argv: list[str], role: str, log: Path | None = None, **kw) -> subprocess.Popen:
+    """Start ``argv`` in ``host`` with Mininet's ``popen`` (``role`` and ``log`` unused): the
+    default when no network owns and watches the processes."""
+    return host.popen(argv, **kw)
+
+
+def effective_loss(rate_bps: float, loss: float) -> float:
+    """The loss (0–1) to apply: 1.0 while the rate is 0 (an outage), else ``loss``."""
+    return 1.0 if rate_bps <= 0 else loss
 
 
 @dataclass(frozen=True)
@@ -56,7 +74,7 @@ class LinkEnd:
 def htb_words(rate_bps: float) -> str:
     """HTB class parameters for a rate in bit/s: the burst is 1.5 timer ticks of data (what HTB
     needs to reach the rate) but at least two MTUs, so a slow link does not pass long bursts."""
-    rate = max(int(rate_bps), 8000)
+    rate = max(int(rate_bps), HTB_MIN_RATE_BPS)
     burst = max(3028, int(rate / 8 / HZ * 1.5))
     return f"htb rate {rate}bit ceil {rate}bit burst {burst} cburst {burst} quantum 1514"
 
@@ -95,8 +113,8 @@ class LinkShaper(ABC):
 
     def __init__(self, sender: LinkEnd, receiver: LinkEnd, batch: TcBatch, queue: QueueLimit = QueueLimit(),
                  seed: int = 0, log_dir: Path | None = None, match_src: str | None = None,
-                 match_dst: str | None = None, index: int = 0):
-        self.sender, self.receiver, self.batch = sender, receiver, batch
+                 match_dst: str | None = None, index: int = 0, spawn: Spawn = plain_spawn):
+        self.sender, self.receiver, self.batch, self.spawn = sender, receiver, batch, spawn
         self.queue, self.seed, self.log_dir = queue, seed, log_dir or Path("/tmp")
         self.match_src = match_src  # receiver side: only packets from this source (shared interface)
         self.match_dst = match_dst  # sender side: only packets to this destination (shared egress)
@@ -122,11 +140,14 @@ class LinkShaper(ABC):
 
     def set(self, rate_bps: float, delay_ms: float, loss: float) -> None:
         """Change rate (bit/s), one-way delay (ms) and loss (0–1) in place; only what changed
-        is sent (the rate as an in-place HTB class change through the tc batch)."""
-        if rate_bps != self.state[0]:
+        is sent (the rate as an in-place HTB class change through the tc batch). Rate 0 is an
+        outage: every packet is dropped until the rate is positive again."""
+        old_rate, old_delay, old_loss = self.state
+        if rate_bps != old_rate:
             self.batch.send(f"class change dev {self.sender.ifname} parent 1: classid {self.classid} {htb_words(rate_bps)}")
-        if (delay_ms, loss) != self.state[1:]:
-            self._set_delay_loss(delay_ms, loss)
+        applied = (delay_ms, effective_loss(rate_bps, loss))
+        if applied != (old_delay, effective_loss(old_rate, old_loss)):
+            self._set_delay_loss(*applied)
         self.state = (rate_bps, delay_ms, loss)
 
     @abstractmethod
@@ -166,7 +187,7 @@ class NetemShaper(LinkShaper):
         return f"netem delay {delay_ms:.3f}ms loss {loss * 100:.4f}% limit {self.queue.netem_limit}"
 
     def setup(self, rate_bps, delay_ms, loss):
-        self._htb_setup(rate_bps, self._netem(delay_ms, loss))
+        self._htb_setup(rate_bps, self._netem(delay_ms, effective_loss(rate_bps, loss)))
         self.state = (rate_bps, delay_ms, loss)
 
     def _set_delay_loss(self, delay_ms, loss):
@@ -203,9 +224,11 @@ class NfqueueShaper(LinkShaper):
         self._rule = f"PREROUTING -i {self.receiver.ifname} {src}-j NFQUEUE --queue-num {self.queue_num}"
         # The element must listen before the rule exists, or packets meet an unbound queue.
         self._stderr = open(self.log_dir / f"delay-{self.receiver.host.name}-{self.queue_num}.log", "ab")
-        self.proc = self.receiver.host.popen(
+        self.proc = self.spawn(
+            self.receiver.host,
             [sys.executable, "-m", "topologies.delay_element", "--queue", str(self.queue_num), "--seed", str(self.seed),
-             "--delay-ms", f"{delay_ms}", "--loss", f"{loss}", "--max-len", "16384"],
+             "--delay-ms", f"{delay_ms}", "--loss", f"{effective_loss(rate_bps, loss)}", "--max-len", "16384"],
+            f"delay element {self.receiver.host.name}:{self.queue_num}", Path(self._stderr.name),
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._stderr, cwd=str(Path(__file__).resolve().parent.parent))
         line = self.proc.stdout.readline().decode().strip()
         if line != "ready":
