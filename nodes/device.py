@@ -109,6 +109,7 @@ class ZmqTransport:
         self.sock = zmq.Context.instance().socket(zmq.DEALER)
         self.sock.setsockopt(zmq.LINGER, 0)
         self.sock.setsockopt(zmq.MAXMSGSIZE, max_message_bytes)
+        self.sock.setsockopt(zmq.SNDTIMEO, cfg.timeout_ms)  # no connection (e.g. a refused CURVE key): a failed attempt
         # no chosen identity: the edge's ROUTER assigns one per connection (none to guess or steal); the
         # session secret, not the identity, carries the session across a reconnect
         if curve_keys is not None:  # (server public, client public, client secret)
@@ -135,7 +136,13 @@ class ZmqTransport:
         frames = encode(msg, {"hidden": self.cfg.hidden_dtype, "probs": "f32"})
         size = encoded_size(frames)
         for attempt in range(self.cfg.retries + 1):
-            self.sock.send_multipart(frames)
+            try:
+                self.sock.send_multipart(frames)
+            except zmq.Again:  # nothing to send to for timeout_ms
+                stats["retries"] += 1
+                log.warning("%s: could not send %s for %d ms (attempt %d)", self.cfg.device_id, msg.TYPE,
+                            self.cfg.timeout_ms, attempt + 1)
+                continue
             stats["up_bytes"] += size
             deadline = time.monotonic() + self.cfg.timeout_ms / 1000.0
             while True:
@@ -157,8 +164,11 @@ class ZmqTransport:
         raise ExchangeTimeout(f"no reply to {msg.TYPE} after {self.cfg.retries + 1} attempts")
 
     def send_only(self, msg: Message) -> None:
-        """Send without waiting for a reply (bye)."""
-        self.sock.send_multipart(encode(msg))
+        """Send without waiting for a reply (bye); dropped when there is no connection."""
+        try:
+            self.sock.send_multipart(encode(msg), flags=zmq.NOBLOCK)
+        except zmq.Again:
+            log.info("%s: %s not sent (no connection)", self.cfg.device_id, msg.TYPE)
 
     def close(self) -> None:
         """Close the socket."""
@@ -325,9 +335,9 @@ def load_curve_keys(server_public: str | Path, client_secret: str | Path | None 
     raw = Path(client_secret).read_bytes().strip()
     if len(raw) == 40 and b"\n" not in raw:  # the Z85 secret key alone
         return server, zmq.curve_public(raw), raw
-    import zmq.auth
+    from zmq.auth import load_certificate
 
-    public, secret = zmq.auth.load_certificate(client_secret)
+    public, secret = load_certificate(client_secret)
     if secret is None:
         raise ValueError(f"{client_secret}: a public certificate; the device needs its secret key (*.key_secret)")
     return server, public, secret

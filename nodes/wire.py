@@ -10,13 +10,20 @@ An array spec is ``{"n": name, "d": dtype, "s": shape}`` with dtype one of ``f16
 scale per row, then the int8 values; x ≈ scale · q). Nothing is pickled. The byte count of a
 message is the sum of its frames (``encoded_size``), known before it is sent.
 
-:func:`decode` checks everything a peer could get wrong — version, type, field names and
-types, array dtypes and shapes against frame lengths, size limits — and raises
-:class:`WireError` with a code, so a node answers an error and keeps serving.
+:func:`decode` checks everything a peer could get wrong — version (the integer 1), type, field
+names and types, array dtypes and shapes against frame lengths, size limits, NaN/inf in arrays —
+and raises :class:`WireError` with a code, so a node answers an error and keeps serving.
+:func:`decode_envelope` stops before the arrays: a receiver checks the shapes it expects
+(:meth:`Envelope.array`) before any array is decoded, so nothing is allocated from a peer's
+claimed shape.
+
+Every message of a session after ``hello`` carries the session ``secret`` the edge returned in
+``hello_ack``: the session is bound to its authenticated hello, not to the ZeroMQ identity.
 """
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from typing import Any, Callable, ClassVar
 
@@ -61,12 +68,14 @@ class Hello(Message):
 
 @dataclass
 class HelloAck(Message):
-    """Edge → device: the session is open."""
+    """Edge → device: the session is open. ``secret`` (random, 32 hex digits) must be sent in
+    every later message of the session."""
 
     TYPE: ClassVar[str] = "hello_ack"
     session: int
     max_gamma: int
     target_hidden_size: int
+    secret: str = ""
 
 
 @dataclass
@@ -77,6 +86,7 @@ class Start(Message):
     request_id: str
     prompt: list[int]
     max_new_tokens: int
+    secret: str = ""
 
 
 @dataclass
@@ -100,6 +110,7 @@ class Draft(Message):
     csi: dict[str, float] = field(default_factory=dict)
     hidden: np.ndarray | None = None
     probs: np.ndarray | None = None
+    secret: str = ""
 
 
 @dataclass
@@ -122,6 +133,7 @@ class HiddenUpload(Message):
     round: int
     positions: list[int]
     hidden: np.ndarray | None = None
+    secret: str = ""
 
 
 @dataclass
@@ -168,6 +180,7 @@ class Bye(Message):
     """Device → edge: close the session."""
 
     TYPE: ClassVar[str] = "bye"
+    secret: str = ""
 
 
 MESSAGE_TYPES: dict[str, type[Message]] = {c.TYPE: c for c in
@@ -184,18 +197,21 @@ def _bf16_encode(x: np.ndarray) -> bytes:
 
 
 def _i8_encode(x: np.ndarray) -> bytes:
-    x2 = x.reshape(-1, x.shape[-1]).astype(np.float32)
-    scale = np.abs(x2).max(axis=1) / 127.0
+    x2 = x.reshape(math.prod(x.shape[:-1]), x.shape[-1]).astype(np.float32)  # also for empty rows
+    scale = np.abs(x2).max(axis=1, initial=0.0) / 127.0
     scale[scale == 0] = 1.0
     q = np.clip(np.rint(x2 / scale[:, None]), -127, 127).astype("i1")
     return scale.astype("<f4").tobytes() + q.tobytes()
 
 
 def _i8_decode(buf: bytes, shape: tuple[int, ...]) -> np.ndarray:
-    rows = int(np.prod(shape[:-1])) if len(shape) > 1 else 1
+    rows = math.prod(shape[:-1])
     scale = np.frombuffer(buf[: 4 * rows], "<f4")
+    if not np.isfinite(scale).all():
+        raise WireError("malformed", "i8 array with a NaN or infinite row scale")
     q = np.frombuffer(buf[4 * rows:], "i1").reshape(rows, shape[-1]).astype(np.float32)
-    return (q * scale[:, None]).reshape(shape)
+    with np.errstate(over="ignore"):  # a scale near the float32 maximum overflows: caught as ±inf by the caller
+        return (q * scale[:, None]).reshape(shape)
 
 
 @dataclass(frozen=True)
@@ -210,10 +226,8 @@ class WireDtype:
     decode: Callable[[bytes, tuple[int, ...]], np.ndarray]
 
     def nbytes(self, shape: tuple[int, ...]) -> int:
-        """Frame length in bytes of an array of ``shape``."""
-        n = int(np.prod(shape)) if shape else 1
-        rows = int(np.prod(shape[:-1])) if len(shape) > 1 else 1
-        return self.itemsize * n + self.row_overhead * rows
+        """Frame length in bytes of an array of ``shape`` (exact integers: no overflow)."""
+        return self.itemsize * math.prod(shape) + self.row_overhead * math.prod(shape[:-1])
 
 
 WIRE_DTYPES: dict[str, WireDtype] = {d.name: d for d in (
@@ -263,41 +277,139 @@ def encoded_size(frames: list[bytes]) -> int:
     return sum(len(f) for f in frames)
 
 
-_FIELD_CHECKS = {int: lambda v: isinstance(v, int) and not isinstance(v, bool),
-                 float: lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and np.isfinite(v),
-                 str: lambda v: isinstance(v, str), bool: lambda v: isinstance(v, bool)}
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_finite_number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+_FIELD_CHECKS: dict[str, Callable[[Any], bool]] = {
+    "int": _is_int,
+    "float": _is_finite_number,
+    "str": lambda v: isinstance(v, str),
+    "bool": lambda v: isinstance(v, bool),
+    "list[int]": lambda v: isinstance(v, list) and all(_is_int(x) for x in v),
+    "dict[str, float]": lambda v: isinstance(v, dict) and all(isinstance(k, str) and _is_finite_number(x)
+                                                             for k, x in v.items()),
+}
 
 
 def _check_field(name: str, annotation: str, v: Any) -> None:
-    ok = True
-    if annotation.startswith("list[int]"):
-        ok = isinstance(v, list) and all(_FIELD_CHECKS[int](x) for x in v)
-    elif annotation.startswith("dict"):
-        ok = isinstance(v, dict) and all(isinstance(k, str) and _FIELD_CHECKS[float](x) for k, x in v.items())
-    elif annotation in ("int", "float", "str", "bool"):
-        ok = _FIELD_CHECKS[{"int": int, "float": float, "str": str, "bool": bool}[annotation]](v)
-    if not ok:
+    """WireError unless ``v`` has the field's type (a field of another annotation fails closed)."""
+    check = _FIELD_CHECKS.get(annotation)
+    if check is None or not check(v):
         raise WireError("malformed", f"field {name!r} has a wrong type ({type(v).__name__})")
 
 
-def decode(frames: list[bytes], max_bytes: int = 16 << 20, max_array_elems: int = 1 << 24) -> Message:
-    """The message in ``frames``; WireError (with a code) for anything malformed or too large."""
+def _short(v: Any, limit: int = 120) -> str:
+    """``repr(v)`` cut to ``limit`` characters (error messages echo peer input)."""
+    r = repr(v)
+    return r if len(r) <= limit else r[:limit] + "…"
+
+
+@dataclass(frozen=True)
+class ArraySpec:
+    """One array of a received message as its header describes it: field name, wire dtype and
+    shape (elements per axis, rank 1–4)."""
+
+    name: str
+    dtype: str
+    shape: tuple[int, ...]
+
+
+def _decode_array(spec: ArraySpec, buf: bytes) -> np.ndarray:
+    """The float32 array of a frame whose length already fits ``spec``; WireError ``malformed``
+    when it holds NaN or ±inf."""
+    arr = WIRE_DTYPES[spec.dtype].decode(buf, spec.shape)
+    if not np.isfinite(arr).all():
+        raise WireError("malformed", f"array {spec.name} holds NaN or infinite values")
+    return arr
+
+
+@dataclass
+class Envelope:
+    """A received message whose header is checked and whose arrays are not decoded yet.
+
+    A receiver that knows which shapes it can accept asks for each array with
+    :meth:`array` (``expect``): the shape is compared before a byte is decoded. :meth:`message`
+    builds the message (with or without its arrays)."""
+
+    cls: type[Message]
+    fields: dict[str, Any]
+    arrays: dict[str, tuple[ArraySpec, bytes]]
+
+    @property
+    def type(self) -> str:
+        """The wire name of the message type."""
+        return self.cls.TYPE
+
+    def shape(self, name: str) -> tuple[int, ...] | None:
+        """The declared shape of array ``name`` (None: absent)."""
+        return self.arrays[name][0].shape if name in self.arrays else None
+
+    def array(self, name: str, expect: tuple[int, ...] | None = None) -> np.ndarray | None:
+        """Array ``name`` decoded to float32 (None: absent). ``expect``: the only shape accepted,
+        checked before decoding (WireError ``bad_request`` otherwise); NaN/inf: ``malformed``."""
+        if name not in self.arrays:
+            return None
+        spec, buf = self.arrays[name]
+        if expect is not None and spec.shape != tuple(expect):
+            raise WireError("bad_request", f"array {name} of shape {list(spec.shape)}; expected {list(expect)}")
+        return _decode_array(spec, buf)
+
+    def message(self, arrays: bool = True) -> Message:
+        """The message; ``arrays=False`` leaves its array fields None (decode them with :meth:`array`)."""
+        values = {n: self.array(n) for n in self.arrays} if arrays else {}
+        return self.cls(**self.fields, **values)
+
+
+def _unpack_header(frame: bytes, max_list_len: int) -> Any:
+    """The msgpack object of a header frame; lists longer than ``max_list_len``, maps longer
+    than 1024 entries and extension types are refused while unpacking."""
+    try:
+        return msgpack.unpackb(frame, raw=False, strict_map_key=True, max_array_len=max_list_len,
+                               max_map_len=1024, max_ext_len=0)
+    except Exception as e:  # msgpack raises several exception types
+        code = "too_large" if "exceeds max" in str(e) else "malformed"
+        raise WireError(code, f"header is not acceptable msgpack: {type(e).__name__}: {str(e)[:100]}") from None
+
+
+def _array_spec(cls: type[Message], spec: Any, seen: dict, buf: bytes, max_array_elems: int) -> ArraySpec:
+    """The checked spec of one array frame ``buf`` of a ``cls`` message."""
+    if not isinstance(spec, dict) or not isinstance(spec.get("n"), str) or spec["n"] not in cls.ARRAYS \
+            or spec["n"] in seen:
+        raise WireError("malformed", f"bad array spec {_short(spec)} for {cls.TYPE}")
+    dt, shape = spec.get("d"), spec.get("s")
+    if not isinstance(dt, str) or dt not in WIRE_DTYPES or not isinstance(shape, list) \
+            or not 1 <= len(shape) <= 4 or not all(_is_int(s) and s >= 0 for s in shape):
+        raise WireError("malformed", f"bad dtype or shape in {_short(spec)} (rank 1–4, dtypes {', '.join(WIRE_DTYPES)})")
+    if max(shape) > max_array_elems or math.prod(shape) > max_array_elems:  # each axis too: [2⁶³, 0] is empty
+        raise WireError("too_large", f"array {spec['n']} of shape {_short(shape)} is too large")
+    if array_nbytes(tuple(shape), dt) != len(buf):
+        raise WireError("malformed", f"array {spec['n']}: {len(buf)} bytes do not fit {dt}{_short(shape)}")
+    return ArraySpec(spec["n"], dt, tuple(shape))
+
+
+def decode_envelope(frames: list[bytes], max_bytes: int = 16 << 20, max_array_elems: int = 1 << 24,
+                    max_list_len: int = 1 << 17) -> Envelope:
+    """The checked header of the message in ``frames`` with its array frames not yet decoded;
+    WireError (with a code) for anything malformed or too large (``max_bytes``: all frames;
+    ``max_array_elems``: per array; ``max_list_len``: per list in the header)."""
     total = sum(len(f) for f in frames)
     if total > max_bytes:
         raise WireError("too_large", f"message of {total} bytes exceeds the limit of {max_bytes}")
     if not frames:
         raise WireError("malformed", "empty message")
-    try:
-        head = msgpack.unpackb(frames[0], raw=False, strict_map_key=True)
-    except Exception as e:  # msgpack raises several exception types
-        raise WireError("malformed", f"header is not msgpack: {type(e).__name__}") from None
+    head = _unpack_header(frames[0], max_list_len)
     if not isinstance(head, dict) or not {"v", "t", "f", "a"} <= set(head):
         raise WireError("malformed", "header must be a map with v, t, f, a")
-    if head["v"] != WIRE_VERSION:
-        raise WireError("bad_version", f"wire version {head['v']!r}, this node speaks {WIRE_VERSION}")
+    if not _is_int(head["v"]) or head["v"] != WIRE_VERSION:  # True and 1.0 are not 1
+        raise WireError("bad_version", f"wire version {_short(head['v'])}, this node speaks {WIRE_VERSION}")
     cls = MESSAGE_TYPES.get(head["t"]) if isinstance(head["t"], str) else None
     if cls is None:
-        raise WireError("unknown_type", f"unknown message type {head['t']!r}")
+        raise WireError("unknown_type", f"unknown message type {_short(head['t'])}")
     fields, specs = head["f"], head["a"]
     if not isinstance(fields, dict) or not isinstance(specs, list):
         raise WireError("malformed", "f must be a map and a a list")
@@ -305,7 +417,7 @@ def decode(frames: list[bytes], max_bytes: int = 16 << 20, max_array_elems: int 
     scalar_names = {n for n in known if n not in cls.ARRAYS}
     unknown = set(fields) - scalar_names
     if unknown:
-        raise WireError("malformed", f"unknown field(s) {sorted(unknown)} for {cls.TYPE}")
+        raise WireError("malformed", f"unknown field(s) {_short(sorted(unknown))} for {cls.TYPE}")
     required = {n for n, f in known.items() if n not in cls.ARRAYS and f.default is dataclasses.MISSING
                 and f.default_factory is dataclasses.MISSING}
     missing = required - set(fields)
@@ -315,17 +427,15 @@ def decode(frames: list[bytes], max_bytes: int = 16 << 20, max_array_elems: int 
         _check_field(name, str(known[name].type), v)
     if len(specs) != len(frames) - 1:
         raise WireError("malformed", f"{len(specs)} array specs but {len(frames) - 1} array frames")
-    arrays = {}
+    arrays: dict[str, tuple[ArraySpec, bytes]] = {}
     for spec, buf in zip(specs, frames[1:]):
-        if not isinstance(spec, dict) or spec.get("n") not in cls.ARRAYS or spec["n"] in arrays:
-            raise WireError("malformed", f"bad array spec {spec!r} for {cls.TYPE}")
-        dt, shape = spec.get("d"), spec.get("s")
-        if dt not in WIRE_DTYPES or not isinstance(shape, list) or not all(
-                isinstance(s, int) and not isinstance(s, bool) and 0 <= s for s in shape) or len(shape) > 4:
-            raise WireError("malformed", f"bad dtype or shape in {spec!r}")
-        if int(np.prod(shape)) > max_array_elems:
-            raise WireError("too_large", f"array {spec['n']} of shape {shape} is too large")
-        if array_nbytes(tuple(shape), dt) != len(buf):
-            raise WireError("malformed", f"array {spec['n']}: {len(buf)} bytes do not fit {dt}{shape}")
-        arrays[spec["n"]] = WIRE_DTYPES[dt].decode(buf, tuple(shape))
-    return cls(**fields, **arrays)
+        a = _array_spec(cls, spec, arrays, buf, max_array_elems)
+        arrays[a.name] = (a, buf)
+    return Envelope(cls, fields, arrays)
+
+
+def decode(frames: list[bytes], max_bytes: int = 16 << 20, max_array_elems: int = 1 << 24,
+           max_list_len: int = 1 << 17) -> Message:
+    """The message in ``frames``, arrays decoded; WireError (with a code) for anything malformed,
+    too large or non-finite (see :func:`decode_envelope`)."""
+    return decode_envelope(frames, max_bytes, max_array_elems, max_list_len).message()
