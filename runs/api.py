@@ -38,6 +38,7 @@ import pandas as pd
 from nodes.config import ModelConfig, RunConfig, TaskConfig
 from runs.summary import ProtocolSummary, summarise
 from runs.tables import write_run_tables
+from topologies.capture import CaptureSettings, start_capture, stop_capture
 from topologies.net import EDGE_IP, EmulatedNetwork, last_line
 from topologies.replayer import ReplayOptions, TraceReplayer
 from topologies.shapers import QueueLimit
@@ -59,8 +60,9 @@ class Testbed:
 
     def __init__(self, topo: Topology = DeviceEdge(), backend: str = "auto", seed: int = 0,
                  run_dir: str | Path | None = None, queue_packets: int = 1000, progress: bool = False,
-                 config: RunConfig | None = None):
+                 config: RunConfig | None = None, capture: CaptureSettings | None = None):
         self.topo, self.backend, self.seed, self.queue_packets = topo, backend, seed, queue_packets
+        self.capture, self._capture = capture, None  # pcaps of each protocol run (topologies.capture)
         self.config = config or RunConfig(run_id=uuid.uuid4().hex, seed=seed)
         self.progress = progress
         self.run_dir = Path(run_dir or tempfile.mkdtemp(prefix="wisv-run-"))
@@ -146,6 +148,7 @@ class Testbed:
         replayer = self._replayer(timeout_s * 1000.0)
         devs, errs = [], []
         self._check_alive(protocol, [], [], replayer)
+        self._capture = start_capture(self.net, self.capture, rd / "pcap", protocol)  # None when capture is off
         try:
             for k, host in enumerate(self.net.devices):
                 errs.append(open(dev_logs[k], "ab"))
@@ -203,6 +206,8 @@ class Testbed:
             except subprocess.TimeoutExpired:
                 log.warning("%s: device pid %d did not exit after SIGKILL", protocol, dev.pid)
         _best_effort(replayer.stop)
+        _best_effort(stop_capture, self._capture)  # after the devices: their last packets are in the pcaps
+        self._capture = None
         _best_effort(lambda: replayer.log.frame().to_csv(self.run_dir / f"link-steps-{protocol}.csv", index=False))
         for e in errs:
             e.close()

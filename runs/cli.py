@@ -20,6 +20,8 @@ def spec_overrides(a: argparse.Namespace) -> dict:
         o["gamma"] = a.gamma
     if getattr(a, "trace", None):
         o["trace"] = {"file": a.trace, "generate": None}
+    if getattr(a, "capture", False):
+        o["capture"] = {"enabled": True}
     return o
 
 
@@ -162,6 +164,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--protocols", help="comma-separated protocols (spec key protocols)")
     p.add_argument("--gamma", type=int, help="draft tokens per round (spec key gamma)")
     p.add_argument("--trace", help="trace file (spec key trace.file)")
+    p.add_argument("--capture", action="store_true", help="pcaps of every emulated link in RUN_DIR/pcap/ (spec key "
+                   "capture.enabled; read them with wisv pcap RUN_DIR)")
     p.add_argument("--schema", action="store_true", help="print every spec key (type, default, meaning) and exit")
     p.set_defaults(func=cmd_run)
     r = sub.add_parser("report", help="tables (95 %% CI, paired change vs vanilla) and plots of experiment directories")

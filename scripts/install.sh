@@ -4,7 +4,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-APT_PACKAGES=(mininet iproute2 iptables nftables ethtool libnetfilter-queue-dev
+APT_PACKAGES=(mininet iproute2 iptables nftables ethtool libnetfilter-queue-dev tcpdump
               iperf3 bridge-utils build-essential python3-dev)
 VENV=${WISV_VENV:-.venv}
 PYTHON=${WISV_PYTHON:-python3}

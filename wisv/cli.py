@@ -7,6 +7,7 @@ import sys
 
 from nodes import cli as models_cli
 from runs import cli as run_cli
+from runs import pcap_cli
 from topologies import cli as link_cli
 from traces import cli as trace_cli
 from wisv import demo
@@ -34,6 +35,7 @@ def build_parser() -> argparse.ArgumentParser:
     link_cli.register(sub)
     run_cli.register(sub)
     run_cli.register_simulate(sub, head_commands)
+    pcap_cli.register(sub)
     demo.register(sub)
     return p
 

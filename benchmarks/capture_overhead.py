@@ -1,0 +1,109 @@
+"""What packet capture costs the measurement: the default experiment (emulated, root) run with
+and without ``capture:`` side by side in one invocation — pairs in ABBA order (off, on, on,
+off, …) so a slow drift of the machine's load falls on both — and the request latency compared
+per problem (same problems, same trace, same seed).
+
+Prints the ratio of mean latency with capture to without (95 % bootstrap interval over paired
+requests), per protocol, whether decoding was unchanged (rounds and tokens per request), the
+packet accounting of the captured runs (``wisv pcap``: bytes against the round logs, one-way
+delay against the trace), the load average it ran under, and one JSON object last.
+
+Usage: sudo .venv/bin/python benchmarks/capture_overhead.py [--pairs 2] [--problems 20] [-o DIR]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+LIMIT_PCT = 2.0  # capture must not change the latency it measures by more than this
+
+
+def run_once(out: Path, capture: bool, problems: int | None) -> pd.DataFrame:
+    """The default experiment into ``out`` with capture on or off; its requests table."""
+    from runs.experiment import run_experiment
+    from runs.spec import load_spec
+
+    overrides: dict = {"capture": {"enabled": capture}}
+    if problems:
+        overrides["task"] = {"problems": problems}
+    run_experiment(load_spec(None, overrides), out, "emulate", progress=False)
+    return pd.read_parquet(out / "requests.parquet")
+
+
+def paired(off: list[pd.DataFrame], on: list[pd.DataFrame]) -> pd.DataFrame:
+    """Requests completed in both modes of the same pair: latency, rounds and tokens side by side."""
+    keys = ["protocol", "request_id"]
+    cols = keys + ["latency_ms", "rounds", "n_tokens"]
+    parts = []
+    for i, (a, b) in enumerate(zip(off, on)):
+        m = a[a["ok"]][cols].merge(b[b["ok"]][cols], on=keys, suffixes=("_off", "_on"))
+        parts.append(m.assign(pair=i))
+    return pd.concat(parts, ignore_index=True)
+
+
+def ratio_ci(p: pd.DataFrame, n_boot: int = 2000, seed: int = 0) -> tuple[float, float, float]:
+    """Mean latency with capture over mean latency without, and its 95 % percentile bootstrap
+    interval over paired requests."""
+    on, off = p["latency_ms_on"].to_numpy(float), p["latency_ms_off"].to_numpy(float)
+    rng = np.random.default_rng(seed)
+    idx = rng.integers(0, len(p), size=(n_boot, len(p)))
+    boots = on[idx].mean(axis=1) / off[idx].mean(axis=1)
+    return float(on.mean() / off.mean()), float(np.percentile(boots, 2.5)), float(np.percentile(boots, 97.5))
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--pairs", type=int, default=2, help="off/on pairs, in ABBA order")
+    ap.add_argument("--problems", type=int, help="problems per protocol (default: the default spec's)")
+    ap.add_argument("-o", "--output", help="where the runs go (default: runs/out/bench-capture-<time>)")
+    a = ap.parse_args(argv)
+    if os.geteuid() != 0:
+        print(json.dumps({"skipped": "emulation needs root"}))
+        return 0
+    from runs.pcap import analyse_run, combine, find_captured_runs
+
+    out = Path(a.output or REPO / "runs" / "out" / f"bench-capture-{time.strftime('%Y%m%d-%H%M%S')}")
+    load_before, t0 = os.getloadavg(), time.monotonic()
+    off, on = [], []
+    for i in range(a.pairs):
+        for capture in ((False, True) if i % 2 == 0 else (True, False)):
+            mode = "on" if capture else "off"
+            print(f"pair {i}: capture {mode}", flush=True)
+            (on if capture else off).append(run_once(out / f"{mode}-{i}", capture, a.problems))
+    load_after = os.getloadavg()
+    p = paired(off, on)
+    ratio, lo, hi = ratio_ci(p)
+    per_protocol = {proto: round(ratio_ci(g)[0], 4) for proto, g in p.groupby("protocol")}
+    same = float(((p["rounds_on"] == p["rounds_off"]) & (p["n_tokens_on"] == p["n_tokens_off"])).mean())
+    accounting = combine([analyse_run(d) for i in range(a.pairs) for d in find_captured_runs(out / f"on-{i}")])
+    res = {"latency_ratio": round(ratio, 4), "ci95": [round(lo, 4), round(hi, 4)],
+           "change_pct": round((ratio - 1) * 100, 2), "within_2pct": abs(ratio - 1) * 100 <= LIMIT_PCT,
+           "per_protocol": per_protocol, "requests_paired": int(len(p)), "pairs": a.pairs,
+           "same_rounds_and_tokens_fraction": round(same, 4),
+           "latency_ms_mean_off": round(float(p["latency_ms_off"].mean()), 1),
+           "latency_ms_mean_on": round(float(p["latency_ms_on"].mean()), 1),
+           "bytes_error_pct": accounting.get("bytes_error_pct"),
+           "owd_median_error_ms": accounting.get("owd_median_error_ms"), "owd_messages": accounting.get("owd_messages"),
+           "loadavg_before": [round(x, 2) for x in load_before], "loadavg_after": [round(x, 2) for x in load_after],
+           "cpus": os.cpu_count(), "seconds": round(time.monotonic() - t0, 1), "output": str(out)}
+    print(f"latency with capture / without: {ratio:.4f} [{lo:.4f}, {hi:.4f}] over {len(p)} paired requests "
+          f"({res['change_pct']:+.2f} %; limit ±{LIMIT_PCT:g} %); per protocol {per_protocol}")
+    print(f"decoding unchanged in {same * 100:.1f} % of requests; packets vs round logs: "
+          f"{res['bytes_error_pct']} % bytes, one-way delay median error {res['owd_median_error_ms']} ms")
+    print(f"load average before {res['loadavg_before']}, after {res['loadavg_after']} on {res['cpus']} CPUs")
+    print(json.dumps(res))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
