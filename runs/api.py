@@ -39,7 +39,7 @@ from nodes.config import ModelConfig, RunConfig, TaskConfig
 from runs.summary import ProtocolSummary, summarise
 from runs.tables import write_run_tables
 from topologies.capture import CaptureSettings, start_capture, stop_capture
-from topologies.net import EDGE_IP, EmulatedNetwork, last_line
+from topologies.net import EDGE_IP, EmulatedNetwork, exit_text, last_line
 from topologies.replayer import ReplayOptions, TraceReplayer
 from topologies.shapers import QueueLimit
 from topologies.topo import DeviceEdge, Topology
@@ -181,8 +181,8 @@ class Testbed:
                 except subprocess.TimeoutExpired:
                     raise RunFailed(f"{protocol}: device {k} did not finish in {timeout_s:g} s") from None
                 if dev.returncode != 0 or not stdout.strip():
-                    raise RunFailed(f"{protocol}: the device exited with {dev.returncode}{_cause(dev_logs[k])} "
-                                    f"(rounds so far in rounds-{tag(k)}.jsonl)")
+                    raise RunFailed(f"{protocol}: the device {exit_text(dev.returncode)} (rounds so far in "
+                                    f"rounds-{tag(k)}.jsonl){_cause(dev_logs[k])}")
         except BaseException:
             self._finish_protocol(protocol, devs, errs, replayer)
             _best_effort(write_run_tables, rd)  # the tables of what finished
@@ -222,7 +222,7 @@ class Testbed:
             raise RunFailed(f"{protocol}: {e}") from None
         for k, dev in enumerate(devs):
             if dev.poll() not in (None, 0):
-                raise RunFailed(f"{protocol}: the device exited with {dev.returncode}{_cause(dev_logs[k])}")
+                raise RunFailed(f"{protocol}: the device {exit_text(dev.returncode)}{_cause(dev_logs[k])}")
         if replayer is not None and replayer.error is not None:
             raise RunFailed(f"{protocol}: the trace replay failed: {replayer.error!r}")
 
@@ -292,9 +292,9 @@ class Testbed:
 
 
 def _cause(log_path: Path) -> str:
-    """``: <last line of the log> (see <log>)``: a failed node's own error, for the user."""
+    """``; see <log> (last line: …)``: where a failed node's own error is, and usually the error."""
     line = last_line(log_path)
-    return f": {line} (see {log_path})" if line else f" (see {log_path})"
+    return f"; see {log_path}" + (f" (last line: {line})" if line else "")
 
 
 def _exit_and_cause(proc: subprocess.Popen, log_path: Path) -> str:
@@ -303,7 +303,7 @@ def _exit_and_cause(proc: subprocess.Popen, log_path: Path) -> str:
         proc.wait(timeout=5)
     except subprocess.TimeoutExpired:
         return _cause(log_path)
-    return f" (exit {proc.returncode}){_cause(log_path)}"
+    return f" ({exit_text(proc.returncode)}){_cause(log_path)}"
 
 
 def _best_effort(fn, *args) -> None:

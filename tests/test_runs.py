@@ -262,7 +262,7 @@ def test_a_device_killed_before_the_first_round_reports_it_not_an_empty_csv(tmp_
     r = _wisv_run(out, "--problems", "2", "--protocols", "vanilla", interrupt_when=kill_device, interrupt=False)
     last = r.stderr.strip().splitlines()[-1]
     assert r.returncode == 2 and "No columns" not in r.stderr, r.stderr[-3000:]
-    assert "device 0 did not start (exit -9)" in last, r.stderr[-3000:]
+    assert "device 0 did not start (exited with -9 (SIGKILL))" in last, r.stderr[-3000:]
     assert (out / "meta.json").exists()
     assert json.loads(next(out.glob("*/rep0/status.json")).read_text())["status"] == "failed"
 

@@ -31,7 +31,7 @@ from topologies.topo import EDGE_IP, DeviceEdge, Topology, device_ip
 
 log = logging.getLogger(__name__)
 REGISTRY_DIR = Path(os.environ.get("WISV_REGISTRY_DIR", "/run/wisv"))
-__all__ = ["EDGE_IP", "EmulatedNetwork", "OwnedProcess", "cleanup_stale", "device_ip", "last_line"]
+__all__ = ["EDGE_IP", "EmulatedNetwork", "OwnedProcess", "cleanup_stale", "device_ip", "exit_text", "last_line"]
 
 
 @dataclass
@@ -59,8 +59,8 @@ class OwnedProcess:
         where = ""
         if self.log is not None:
             line = last_line(self.log)
-            where = f"; see {self.log}" + (f": {line}" if line else "")
-        return f"{self.role} (pid {self.proc.pid} in host {self.host}) exited with {rc}{where}"
+            where = f"; see {self.log}" + (f" (last line: {line})" if line else "")
+        return f"{self.role} (pid {self.proc.pid} in host {self.host}) {exit_text(rc)}{where}"
 
 
 class _OwnedHost:
@@ -74,6 +74,16 @@ class _OwnedHost:
     def popen(self, argv: list[str], **kw) -> subprocess.Popen:
         """Start ``argv`` in the host, owned and watched by the network."""
         return self._net.popen(self._host, argv, self._role, self._log, **kw)
+
+
+def exit_text(returncode: int) -> str:
+    """``exited with 1``, or ``exited with -9 (SIGKILL)`` for a process a signal ended."""
+    if returncode < 0:
+        try:
+            return f"exited with {returncode} ({signal.Signals(-returncode).name})"
+        except ValueError:
+            pass
+    return f"exited with {returncode}"
 
 
 def last_line(path: Path | None, max_chars: int = 400) -> str:
