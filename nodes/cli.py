@@ -198,7 +198,7 @@ def cmd_device(a: argparse.Namespace) -> int:
 
     _threads(a)
     from nodes.device import DeviceClient, run_problems
-    from nodes.models import load_pair
+    from nodes.models import load_models
     from nodes.telemetry import RoundLogger
 
     cfg = config_from_args(a)
