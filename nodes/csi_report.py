@@ -20,6 +20,19 @@ class TraceCSI:
         self._t = t - t[0]
         self._reports = [CSI.from_row(r) for r in trace.data.to_dict("records")]
 
+    def outage_end_ms(self, t_ms: float, direction: str) -> float | None:
+        """When an outage (rate 0 in ``direction``) in force at ``t_ms`` ends, in ms on the same
+        clock; None when the rate at ``t_ms`` is not 0, inf when the trace never recovers."""
+        if self.at(t_ms).rate_bps(direction) > 0:
+            return None
+        base = t_ms - (t_ms % self.duration_ms if self.duration_ms > 0 else 0.0)
+        start = int(np.searchsorted(self._t, t_ms - base, side="right"))
+        for lap in range(2):  # the rest of this lap, then the whole next one (the trace loops)
+            for i in range(start if lap == 0 else 0, len(self._t)):
+                if self._reports[i].rate_bps(direction) > 0:
+                    return base + lap * self.duration_ms + self._t[i]
+        return float("inf")
+
     def at(self, t_ms: float) -> CSI:
         """The report in force ``t_ms`` ms after the trace started (the trace loops)."""
         if self.duration_ms > 0:

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from channel_models.csi import CSI, segments, transfer_ms
+from channel_models.csi import CSI, RTO_MS, segments, transfer_ms
 from nodes.config import RunConfig
 from nodes.csi_report import TraceCSI
 from nodes.device import DeviceClient, EdgeError, matches, run_problems
@@ -52,7 +52,13 @@ class AnalyticLink:
 
     def transfer_ms(self, t_ms: float, nbytes: int, direction: str, expected: bool = False) -> float:
         """Time for ``nbytes`` application bytes sent at ``t_ms`` to arrive, in ms (losses drawn,
-        or their expectation when ``expected``)."""
+        or their expectation when ``expected``). Sent during an outage (rate 0), the message
+        waits for the link to return and pays one retransmission timeout, as TCP does over the
+        emulated link (which drops everything while the rate is 0)."""
+        end = self.reports.outage_end_ms(t_ms, direction)
+        if end is not None:
+            wait = end - t_ms + RTO_MS
+            return wait + self.transfer_ms(end, nbytes, direction, expected) if wait < float("inf") else wait
         csi = self.csi(t_ms)
         lost = None if expected else int(self.rng.binomial(segments(nbytes), csi.loss(direction)))
         return transfer_ms(csi, nbytes, direction, lost)
