@@ -5,19 +5,21 @@ values and array shapes (wrong rank or width, huge claimed shapes, NaN/inf, ever
 the same with one header field or spec replaced or dropped, and byte-level mutations of them:
 
 1. ``nodes.wire.decode``: every case must decode to a message or raise ``WireError``.
-2. ``EdgeServer.handle_frames`` (no socket; the shipped models) with five open sessions
-   (greedy and sampled ``vanilla``, ``wisv-selective``, ``wisv-full``, ``ar-edge``): most
-   generated messages carry the session's real secret, so they reach the handlers, the target
-   forward and the heads. Every reply must be none (``bye``), a valid message or an ``error``
-   with a code other than ``internal``; afterwards a fresh session must still decode a request
-   exactly as the target alone does. The edge's resident memory is sampled after a warm-up and
-   at the end.
+2. ``EdgeServer.handle_frames`` (no socket; the shipped models; in a child process, so that
+   its resident memory is the edge's alone) with five open sessions (greedy and sampled
+   ``vanilla``, ``wisv-selective``, ``wisv-full``, ``ar-edge``): most generated messages carry
+   the session's real secret, so they reach the handlers, the target forward and the heads, and
+   each ``hidden_request`` gets a generated answer. Every reply must be none (``bye``), a valid
+   message or an ``error`` with a code other than ``internal``; afterwards a fresh session must
+   still decode requests exactly as the target alone does. The edge process's RSS is sampled
+   after the first tenth of the cases and at the end.
 
-A crash is anything else. Usage: ``python benchmarks/fuzz_wire.py [--cases N] [--seed S]``
-(N per campaign, default 10 000). Last stdout line: one JSON object {"cases", "clear_errors",
-"crashes", "accepted", "per_campaign", "codes", "rss_growth_mb", "valid_session_ok",
-"crash_examples", ...}. The strategies and the harness are imported by
-``tests/test_edge_hardening.py`` (a few hundred cases there).
+A crash is anything else. Usage: ``python benchmarks/fuzz_wire.py [--cases N] [--seed S]
+[--only decode|edge]`` (N generated cases per campaign, default 10 000). Last stdout line: one
+JSON object {"cases" (inputs checked: decode cases + edge messages), "clear_errors", "accepted",
+"crashes", "edge_rss_growth_mb", "valid_session_ok", "codes", "per_campaign", "crash_examples"}.
+The strategies and the harness are imported by ``tests/test_edge_hardening.py`` (a few hundred
+cases there).
 """
 from __future__ import annotations
 
@@ -27,7 +29,6 @@ import logging
 import os
 import sys
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
@@ -38,8 +39,8 @@ import numpy as np  # noqa: E402
 from hypothesis import HealthCheck, Phase, given, seed, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
-from nodes.wire import (MESSAGE_TYPES, WIRE_DTYPES, Bye, Draft, Error, Hello, HiddenRequest, HiddenUpload,  # noqa: E402
-                        Message, Start, WireError, decode, encode, encoded_size)
+from nodes.wire import (MESSAGE_TYPES, WIRE_DTYPES, Bye, Draft, Error, Hello, HelloAck, HiddenRequest,  # noqa: E402
+                        HiddenUpload, Message, Start, StartAck, WireError, decode, encode, encoded_size)
 
 PLACEHOLDER = "s" * 32  # generated messages carry this; the harness swaps in a session's real secret
 PLACEHOLDER_BYTES = PLACEHOLDER.encode()
@@ -330,8 +331,8 @@ class DirectTransport:
 
 
 def greedy_session_ok(edge, pair, n_problems: int = 2, ident: bytes = b"valid-device") -> bool:
-    """A fresh greedy ``vanilla`` session through ``edge`` decodes ``n_problems`` test problems
-    exactly as the target alone does."""
+    """A fresh greedy ``vanilla`` session through ``edge`` (anything with ``handle_frames``)
+    decodes ``n_problems`` test problems exactly as the target alone does."""
     from nodes.config import RunConfig
     from nodes.decoding import autoregressive_generate
     from nodes.device import DeviceClient
@@ -350,46 +351,144 @@ def greedy_session_ok(edge, pair, n_problems: int = 2, ident: bytes = b"valid-de
     return bool(ok)
 
 
-@dataclass
-class EdgeFuzzer:
-    """An edge without a socket and one open session per :data:`FUZZ_SESSIONS` entry, each with
-    request ``r0`` at round 0 before each case; :meth:`run_case` sends a case's messages with the placeholder
-    secret replaced by the chosen session's."""
+def rss_mb() -> float:
+    """Resident memory of this process, MB."""
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 1e6
 
-    pair: object
-    limits: object = None
-    edge: object = field(init=False)
-    secrets: list[str] = field(init=False)
-    prompt: list[int] = field(init=False)
 
-    def __post_init__(self) -> None:
+class LocalEdge:
+    """An edge (no socket) in this process, serving the shipped target."""
+
+    def __init__(self, pair, limits=None):
         from nodes.edge import EdgeLimits, EdgeServer
+
+        self.server = EdgeServer(pair.target, pair.eos_token_id, bind=None, limits=limits or EdgeLimits(max_sessions=16))
+
+    def handle_frames(self, ident: bytes, frames: list[bytes]) -> list[bytes] | None:
+        """The edge's reply to one message."""
+        return self.server.handle_frames(ident, frames)
+
+    def forget_except(self, keep: set[str]) -> None:
+        """Close every session whose secret is not in ``keep`` (the edge's session limit stays free)."""
+        for key in [k for k in self.server.sessions if k not in keep]:
+            del self.server.sessions[key]
+
+    def stats(self) -> dict:
+        """The edge's message counters."""
+        return dict(self.server.stats)
+
+    def rss_mb(self) -> float:
+        """Resident memory of the process the edge runs in, MB."""
+        return rss_mb()
+
+    def close(self) -> None:
+        """Nothing to close."""
+
+
+def _edge_child(conn) -> None:
+    """Serve :class:`LocalEdge` calls from ``conn`` until ``close`` (the child of :class:`ChildEdge`)."""
+    import torch
+
+    from nodes.models import load_pair
+
+    logging.basicConfig(level=logging.CRITICAL)
+    torch.set_num_threads(1)
+    edge = LocalEdge(load_pair())
+    conn.send("ready")
+    while True:
+        name, args = conn.recv()
+        if name == "close":
+            break
+        conn.send(getattr(edge, name)(*args))
+
+
+class ChildEdge:
+    """An edge in a child process (spawned; it loads the shipped pair), called through a pipe:
+    its resident memory is the edge's alone, not the fuzzer's."""
+
+    def __init__(self):
+        import multiprocessing
+
+        ctx = multiprocessing.get_context("spawn")
+        self.conn, child = ctx.Pipe()
+        self.proc = ctx.Process(target=_edge_child, args=(child,), daemon=True)
+        self.proc.start()
+        if self.conn.recv() != "ready":
+            raise RuntimeError("the edge process did not start")
+
+    def _call(self, name: str, *args):
+        try:
+            self.conn.send((name, args))
+            return self.conn.recv()
+        except (EOFError, OSError) as e:
+            raise FuzzCrash(f"the edge process died (exit code {self.proc.exitcode})") from e
+
+    def handle_frames(self, ident: bytes, frames: list[bytes]) -> list[bytes] | None:
+        """The edge's reply to one message."""
+        return self._call("handle_frames", ident, frames)
+
+    def forget_except(self, keep: set[str]) -> None:
+        """As :meth:`LocalEdge.forget_except`."""
+        self._call("forget_except", keep)
+
+    def stats(self) -> dict:
+        """The edge's message counters."""
+        return self._call("stats")
+
+    def rss_mb(self) -> float:
+        """Resident memory of the edge process, MB."""
+        return self._call("rss_mb")
+
+    def close(self) -> None:
+        """End the edge process."""
+        if self.proc.is_alive():
+            self.conn.send(("close", ()))
+            self.proc.join(timeout=10)
+
+
+class EdgeFuzzer:
+    """One open session per :data:`FUZZ_SESSIONS` entry on an edge (:class:`LocalEdge` or
+    :class:`ChildEdge`), each with request ``r0`` at round 0 before each case; :meth:`run_case`
+    sends a case's messages with the placeholder secret replaced by the chosen session's. The
+    harness talks to the edge only through messages (and ``forget_except``)."""
+
+    def __init__(self, pair, edge=None):
         from nodes.evaluate import encode_prompt
         from nodes.tasks import ArithTask
 
-        self.edge = EdgeServer(self.pair.target, self.pair.eos_token_id, bind=None,
-                               limits=self.limits or EdgeLimits(max_sessions=16))
-        self.prompt = encode_prompt(self.pair, ArithTask().problems("test", 1)[0])
+        self.edge = edge or LocalEdge(pair)
+        self.prompt = encode_prompt(pair, ArithTask().problems("test", 1)[0])
         self.secrets = [""] * len(FUZZ_SESSIONS)
 
-    def _ready(self, k: int) -> str:
-        """Session ``k``'s secret, (re)opening it and restarting its request ``r0`` as needed."""
-        protocol, temperature = FUZZ_SESSIONS[k]
-        s = self.edge.sessions.get(self.secrets[k])
-        if s is None:  # never opened, or closed by a fuzzed bye
-            ack = decode(self.edge.handle_frames(IDENT, encode(Hello("fuzz", protocol, 4, temperature))))
-            self.secrets[k] = ack.secret
-            s = self.edge.sessions[ack.secret]
-        if protocol != "ar-edge":  # every case starts at round 0 of request r0
-            reply = decode(self.edge.handle_frames(IDENT, encode(Start("r0", self.prompt, 48, self.secrets[k]))))
-            if isinstance(reply, Error):
-                raise FuzzCrash(f"the harness could not restart its request: {reply.code} {reply.message}")
-        return self.secrets[k]
+    def _ask(self, msg: Message) -> Message:
+        reply = self.edge.handle_frames(IDENT, encode(msg))
+        if reply is None:
+            raise FuzzCrash(f"no reply to the harness's {msg.TYPE}")
+        return decode(reply)
 
-    def _forget_fuzz_sessions(self) -> None:
-        """Close sessions that fuzzed hellos opened (the edge's session limit stays free)."""
-        for key in [k for k in self.edge.sessions if k not in self.secrets]:
-            del self.edge.sessions[key]
+    def _ready(self, k: int) -> str:
+        """Session ``k``'s secret, (re)opening it (a fuzzed bye may have closed it) and
+        restarting its request ``r0`` at round 0."""
+        protocol, temperature = FUZZ_SESSIONS[k]
+        for _ in range(2):
+            if not self.secrets[k]:
+                ack = self._ask(Hello("fuzz", protocol, 4, temperature))
+                if not isinstance(ack, HelloAck):
+                    raise FuzzCrash(f"the harness could not open a {protocol} session: {ack}")
+                self.secrets[k] = ack.secret
+            if protocol == "ar-edge":  # nothing to restart: probe that the session is open
+                reply = self._ask(Draft("r0", 0, [1], secret=self.secrets[k]))
+                if isinstance(reply, Error) and reply.code == "bad_request":
+                    return self.secrets[k]
+            else:
+                reply = self._ask(Start("r0", self.prompt, 48, self.secrets[k]))
+                if isinstance(reply, StartAck):
+                    return self.secrets[k]
+            if not (isinstance(reply, Error) and reply.code in ("no_session", "unauthenticated")):
+                raise FuzzCrash(f"the harness could not restart its request: {reply}")
+            self.secrets[k] = ""
+        raise FuzzCrash(f"the harness could not reopen its {protocol} session")
 
     def run_case(self, k: int, messages: list[list[bytes]],
                  answer: Callable[[HiddenRequest], list[bytes]] | None = None) -> list[str]:
@@ -405,14 +504,8 @@ class EdgeFuzzer:
             out.append(outcome)
             if isinstance(reply, HiddenRequest) and answer is not None and len(out) < 8:
                 queue.insert(0, answer(reply))
-        self._forget_fuzz_sessions()
+        self.edge.forget_except(set(self.secrets))
         return out
-
-
-def rss_mb() -> float:
-    """Resident memory of this process, MB."""
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 1e6
 
 
 # ----------------------------------------------------------------------------- campaigns
@@ -445,10 +538,12 @@ def fuzz_decode(cases: int, rng_seed: int) -> dict:
     return counts
 
 
-def fuzz_edge(cases: int, rng_seed: int, pair) -> dict:
-    """``cases`` generated cases (one to three messages each) through an edge's handler; the
-    edge's RSS after the first tenth of the cases and at the end; a valid session afterwards."""
-    fuzzer = EdgeFuzzer(pair)
+def fuzz_edge(cases: int, rng_seed: int, pair, edge=None) -> dict:
+    """``cases`` generated cases (one to three messages each, plus answers to hidden requests)
+    through an edge's handler (default: one in a child process); the edge process's RSS after
+    the first tenth of the cases and at the end; a valid session afterwards."""
+    edge = edge or ChildEdge()
+    fuzzer = EdgeFuzzer(pair, edge)
     counts: dict = {"cases": 0, "messages": 0, "accepted": 0, "no_reply": 0, "clear_errors": 0, "crashes": 0,
                     "codes": {}, "examples": [], "max_case_ms": 0.0}
     warm = max(1, cases // 10)
@@ -465,6 +560,7 @@ def fuzz_edge(cases: int, rng_seed: int, pair) -> dict:
             outcomes = fuzzer.run_case(k, messages, lambda req: data.draw(upload_answers(req)))
         except FuzzCrash as e:
             counts["crashes"] += 1
+            counts["messages"] += 1
             if len(counts["examples"]) < 5:
                 counts["examples"].append({"campaign": "edge", "session": FUZZ_SESSIONS[k][0], "error": str(e)[:300],
                                            "frames": [[f[:120].hex() for f in m] for m in messages]})
@@ -478,26 +574,30 @@ def fuzz_edge(cases: int, rng_seed: int, pair) -> dict:
             else:
                 counts[o] += 1
         if counts["cases"] == warm:
-            rss["warm"] = rss_mb()
+            rss["warm"] = edge.rss_mb()
 
     t0 = time.perf_counter()
-    one()
-    counts["seconds"] = round(time.perf_counter() - t0, 1)
-    rss["end"] = rss_mb()
-    counts["rss_warm_mb"], counts["rss_end_mb"] = round(rss.get("warm", rss["end"]), 1), round(rss["end"], 1)
-    counts["rss_growth_mb"] = round(rss["end"] - rss.get("warm", rss["end"]), 1)
-    counts["valid_session_ok"] = greedy_session_ok(fuzzer.edge, pair)
-    counts["edge_stats"] = dict(fuzzer.edge.stats)
+    try:
+        one()
+        counts["seconds"] = round(time.perf_counter() - t0, 1)
+        rss["end"] = edge.rss_mb()
+        counts["edge_rss_warm_mb"] = round(rss.get("warm", rss["end"]), 1)
+        counts["edge_rss_end_mb"] = round(rss["end"], 1)
+        counts["edge_rss_growth_mb"] = round(rss["end"] - rss.get("warm", rss["end"]), 1)
+        counts["valid_session_ok"] = greedy_session_ok(edge, pair)
+        counts["edge_stats"] = edge.stats()
+    finally:
+        edge.close()
     return counts
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--cases", type=int, default=10_000, help="generated inputs per campaign")
+    ap.add_argument("--cases", type=int, default=10_000, help="generated cases per campaign")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--only", choices=["decode", "edge"], help="run one campaign")
     a = ap.parse_args()
-    logging.basicConfig(level=logging.CRITICAL)  # every rejected message logs a warning: keep stdout/stderr readable
+    logging.basicConfig(level=logging.CRITICAL)  # every rejected message logs a warning: keep the output readable
     import torch
 
     torch.set_num_threads(1)
@@ -510,13 +610,16 @@ def main() -> None:
         per["edge"] = fuzz_edge(a.cases, a.seed, load_pair())
     examples = [x for c in per.values() for x in c.pop("examples")]
     for name, c in per.items():
-        print(f"{name:>7}: {c['cases']} cases, {c['clear_errors']} clear errors, {c['crashes']} crashes "
-              f"({c['seconds']} s)", flush=True)
-    edge = per.get("edge", {})
-    total = {k: sum(c.get(k, 0) for c in per.values()) for k in ("cases", "clear_errors", "crashes")}
-    print(json.dumps({**total, "accepted": edge.get("accepted", 0) + per.get("decode", {}).get("ok", 0),
-                      "rss_growth_mb": edge.get("rss_growth_mb"), "valid_session_ok": edge.get("valid_session_ok"),
-                      "codes": edge.get("codes", {}), "per_campaign": per, "crash_examples": examples}))
+        print(f"{name:>7}: {c['cases']} cases, {c.get('messages', c['cases'])} messages, {c['clear_errors']} clear "
+              f"errors, {c['crashes']} crashes ({c['seconds']} s)", flush=True)
+    dec, edge = per.get("decode", {}), per.get("edge", {})
+    print(json.dumps({
+        "cases": dec.get("cases", 0) + edge.get("messages", 0),  # inputs checked: decode cases + edge messages
+        "clear_errors": dec.get("clear_errors", 0) + edge.get("clear_errors", 0),
+        "accepted": dec.get("ok", 0) + edge.get("accepted", 0) + edge.get("no_reply", 0),
+        "crashes": dec.get("crashes", 0) + edge.get("crashes", 0),
+        "edge_rss_growth_mb": edge.get("edge_rss_growth_mb"), "valid_session_ok": edge.get("valid_session_ok"),
+        "codes": edge.get("codes", {}), "per_campaign": per, "crash_examples": examples}))
 
 
 if __name__ == "__main__":

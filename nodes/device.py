@@ -112,9 +112,22 @@ class ZmqTransport:
         self.sock.setsockopt(zmq.SNDTIMEO, cfg.timeout_ms)  # no connection (e.g. a refused CURVE key): a failed attempt
         # no chosen identity: the edge's ROUTER assigns one per connection (none to guess or steal); the
         # session secret, not the identity, carries the session across a reconnect
+        self._auth_events = None  # CURVE: handshake outcomes, to tell a refused key from a silent edge
+        self._refused = False  # the last CURVE handshake was refused
         if curve_keys is not None:  # (server public, client public, client secret)
             self.sock.curve_serverkey, self.sock.curve_publickey, self.sock.curve_secretkey = curve_keys
+            self._auth_events = self.sock.get_monitor_socket(zmq.EVENT_HANDSHAKE_FAILED_AUTH
+                                                             | zmq.EVENT_HANDSHAKE_SUCCEEDED)
         self.sock.connect(endpoint)
+
+    def _key_refused(self) -> bool:
+        """True when the edge's authenticator refused this device's CURVE key (ZAP status 4xx) at
+        the last handshake."""
+        from zmq.utils.monitor import recv_monitor_message
+
+        while self._auth_events is not None and self._auth_events.poll(0):
+            self._refused = recv_monitor_message(self._auth_events)["event"] == zmq.EVENT_HANDSHAKE_FAILED_AUTH
+        return self._refused
 
     def now_ms(self) -> float:
         """Monotonic time in ms."""
@@ -158,9 +171,13 @@ class ZmqTransport:
                     stats["round_trips"] += 1
                     return reply
                 # a late reply to an earlier attempt of another exchange: ignore it
+            if self._key_refused():
+                raise EdgeError("unauthenticated", "the edge refused this device's CURVE key (not on its allow-list)")
             stats["retries"] += 1
             log.warning("%s: no reply to %s after %d ms (attempt %d)", self.cfg.device_id, msg.TYPE,
                         self.cfg.timeout_ms, attempt + 1)
+        if self._key_refused():
+            raise EdgeError("unauthenticated", "the edge refused this device's CURVE key (not on its allow-list)")
         raise ExchangeTimeout(f"no reply to {msg.TYPE} after {self.cfg.retries + 1} attempts")
 
     def send_only(self, msg: Message) -> None:
@@ -171,7 +188,10 @@ class ZmqTransport:
             log.info("%s: %s not sent (no connection)", self.cfg.device_id, msg.TYPE)
 
     def close(self) -> None:
-        """Close the socket."""
+        """Close the socket (and its handshake monitor)."""
+        if self._auth_events is not None:
+            self.sock.disable_monitor()
+            self._auth_events.close(0)
         self.sock.close(0)
 
 
