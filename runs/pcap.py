@@ -55,6 +55,7 @@ CURVE_GROUP_GAP_S = 0.002  # encrypted frames sent closer together than this for
 MAX_ID_CHARS = 128
 HEADER_SIGNATURE = b"\x84\xa1v"  # our header: a msgpack map of 4 keys whose first key is "v"
 CURVE_SIGNATURE = b"\x07MESSAGE"
+STREAM_SLACK_BYTES = 1 << 20  # a stream spans at most its captured payload plus this (packets the capture missed)
 
 
 # ----------------------------------------------------------------------------- packets
@@ -174,8 +175,9 @@ def flow_isn(packets: list[Packet]) -> int:
 def build_stream(flow: tuple, packets: list[Packet]) -> Stream:
     """Reassemble one flow's data segments (retransmissions overlap; later copies fill holes)."""
     isn = flow_isn(packets)
+    limit = sum(p.payload_len for p in packets) + STREAM_SLACK_BYTES  # a wild sequence number allocates nothing
     segs = [(relative_seq(p.seq, isn), p) for p in packets if p.payload_len > 0]
-    segs = [(s, p) for s, p in segs if s < SEQ_MOD // 2]  # before the ISN: not this stream
+    segs = [(s, p) for s, p in segs if s < limit]  # before the ISN or far beyond the data: not this stream
     total = max((s + p.payload_len for s, p in segs), default=0)
     data, known = bytearray(total), np.zeros(total, dtype=bool)
     rows = []
@@ -671,7 +673,7 @@ def round_table(rounds: pd.DataFrame, packets: pd.DataFrame, messages: pd.DataFr
     return pd.concat(out, ignore_index=True) if out else pd.DataFrame()
 
 
-def _message_round_index(messages: pd.DataFrame, rounds: pd.DataFrame) -> pd.Series:
+def message_round_index(messages: pd.DataFrame, rounds: pd.DataFrame) -> pd.Series:
     """For each message, the index (in ``rounds``) of the round during which it was sent; -1 if none."""
     out = pd.Series(-1, index=messages.index)
     for (protocol, device), r in rounds.groupby(["protocol", "device"]):

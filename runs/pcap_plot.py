@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from runs.pcap import RunAccounting, _message_round_index
+from runs.pcap import RunAccounting, message_round_index
 
 LANES = {"device": 1.0, "edge": 0.0}
 
@@ -45,7 +45,7 @@ def choose_round(acc: RunAccounting, protocol: str | None = None, request_id: st
 
 def round_events(acc: RunAccounting, i: int) -> pd.DataFrame:
     """The messages sent during round ``i``, in sending order, with times in ms from the round's start."""
-    which = _message_round_index(acc.messages, acc.rounds)
+    which = message_round_index(acc.messages, acc.rounds)
     m = acc.messages[which == i].sort_values("t_sent_first_s").copy()
     t0 = float(acc.rounds.loc[i, "t_start"])
     m["t_sent_ms"], m["t_arrived_ms"] = (m["t_sent_first_s"] - t0) * 1000.0, (m["t_arrived_last_s"] - t0) * 1000.0

@@ -264,6 +264,22 @@ def test_garbage_on_the_wire_is_counted_not_fatal(tmp_path):
     assert s["unparsed_stream_bytes"] + s["undecodable_messages"] > 0
 
 
+def test_damaged_pcap_files_are_read_as_far_as_they_go(tmp_path):
+    run, _ = synthetic_run(tmp_path)
+    sent = run / "pcap" / "vanilla-d0-up-sent.pcap"
+    sent.write_bytes(sent.read_bytes()[:-30])  # a capture killed mid-record
+    (run / "pcap" / "vanilla-d0-down-arrived.pcap").write_bytes(b"not a pcap at all")
+    from scapy.layers.inet import IP, TCP
+    from scapy.layers.l2 import Ether
+    from scapy.utils import wrpcap
+
+    wild = [Ether() / IP(src=DEV_IP, dst=EDGE_IP) / TCP(sport=DEV_PORT, dport=EDGE_PORT, seq=s, flags="PA") / b"\x01\xff"
+            for s in (999, 2**31 - 5, 2**32 - 3)]  # sequence numbers all over the place: no 2 GB stream
+    wrpcap(str(run / "pcap" / "vanilla-d0-down-sent.pcap"), wild)
+    s = analyse_run(run).summary
+    assert s["packets"] > 0 and s["messages"] >= 2
+
+
 def test_wisv_pcap_json_is_the_last_line_and_draws_a_round(tmp_path):
     run, _ = synthetic_run(tmp_path)
     out = subprocess.run([sys.executable, "-m", "wisv.cli", "pcap", str(run), "--json"], capture_output=True, text=True,
