@@ -42,6 +42,9 @@ def cmd_run(a: argparse.Namespace) -> int:
     if a.schema:
         sys.stdout.write(spec_schema_markdown())
         return 0
+    jobs, ray_address = getattr(a, "jobs", None), getattr(a, "ray", None)
+    if jobs is not None and jobs < 1:
+        raise SystemExit("wisv run: --jobs must be >= 1")
     runs = load_spec(a.spec, spec_overrides(a))
     if a.output:
         out = Path(a.output)
@@ -49,8 +52,16 @@ def cmd_run(a: argparse.Namespace) -> int:
     else:
         out = fresh_dir("runs/out", "run")
     signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
+    from runs.parallel import RunsFailed
+
     try:
-        run_experiment(runs, out, "simulate" if a.simulate else "emulate", resume=a.resume)
+        run_experiment(runs, out, "simulate" if a.simulate else "emulate", resume=a.resume, jobs=jobs,
+                       ray_address=ray_address)
+    except RunsFailed as e:  # parallel: the others finished; report them, list the failures, exit 4
+        _print_report(out)
+        sys.stderr.write(f"wisv: error: {e}\nwisv: their partial logs and error.txt are in their run directories; "
+                         f"--resume -o {out} reruns only them\n")
+        return 4
     except BaseException:  # the run's own error (Ctrl-C: exit 130) must win over a failing report
         try:
             _print_report(out)
@@ -160,6 +171,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--resume", action="store_true", help="continue in -o: keep complete runs, rerun the rest")
     p.add_argument("--overwrite", action="store_true", help="replace the experiment already in -o")
     p.add_argument("--simulate", action="store_true", help="analytic link instead of emulation (no root)")
+    par = p.add_mutually_exclusive_group()
+    par.add_argument("--jobs", type=int, metavar="N", help="run N runs at a time on this machine (a private Ray "
+                     "instance; emulated runs still one at a time); a failed run no longer stops the others (exit 4)")
+    par.add_argument("--ray", metavar="ADDRESS", help="submit every run to the Ray cluster at ADDRESS (host:port, or "
+                     "auto); emulated runs go only to nodes with the wisv_emulation resource (README)")
     p.add_argument("--problems", type=int, help="task.problems (problems per protocol, device and repetition)")
     p.add_argument("--protocols", help="comma-separated protocols (spec key protocols)")
     p.add_argument("--gamma", type=int, help="draft tokens per round (spec key gamma)")

@@ -1,19 +1,25 @@
 """Run the resolved runs of an experiment spec, emulated or simulated, into one directory:
 
     OUT/<run name>/rep<k>/   spec.json (resolved), config.json (the run config handed to the nodes
-                             or the simulator), trace.parquet (as replayed), rounds-*.jsonl,
+                             or the simulator), where.json (host, CPU, compute mode, backend),
+                             trace.parquet (as replayed), rounds-*.jsonl,
                              requests-*.json, link-steps-*.csv (emulated), summary.json
     OUT/rounds.parquet, OUT/requests.parquet, OUT/link_steps.parquet, OUT/meta.json
 
-The same spec runs in both modes, so their results can be compared (``wisv report``).
+The same spec runs in both modes, so their results can be compared (``wisv report``). Each
+(run, repetition) is one :class:`Job` run by :func:`execute_job`: one after another here, or in
+parallel on this machine or a Ray cluster (:mod:`runs.parallel`), with the same results.
 """
 from __future__ import annotations
 
 import json
 import logging
+import shutil
 import uuid
+from dataclasses import dataclass
 from pathlib import Path
 
+from nodes.config import RunConfig
 from runs.spec import RunSpec, resolve_path
 from runs.tables import collect_tables
 
@@ -35,6 +41,45 @@ def _prepared_trace(run: RunSpec, rep: int, out: Path) -> Path:
     return write_trace(t, out / "trace.parquet")
 
 
+def cpu_model() -> str:
+    """The CPU model name this host reports in /proc/cpuinfo (``platform.processor()``
+    elsewhere, "unknown" when neither says)."""
+    import platform
+
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def where_it_runs(mode: str, cfg: RunConfig, backend_requested: str) -> dict:
+    """Where a run ran (``where.json``): host name, CPU model and count, kernel, the compute
+    mode of each node (its profile's name, or ``measured``) and, emulated, the shaping backend
+    the probe chooses for ``backend_requested`` (or why none could be chosen)."""
+    import os
+    import platform
+    import socket
+
+    c = cfg.compute
+    out = {"host": socket.gethostname(), "cpu_model": cpu_model(), "cpus": os.cpu_count(),
+           "kernel": platform.release(), "mode": mode,
+           "compute": {node: (p.name if p.enabled else "measured") for node, p in (("device", c.device),
+                                                                                  ("edge", c.edge))}}
+    if mode == "emulate":
+        from topologies.probe import probe_backends
+
+        try:
+            out["backend"] = probe_backends().choose(backend_requested)
+        except (RuntimeError, ValueError) as e:  # the run itself fails with this error; record it
+            out["backend"] = None
+            out["backend_error"] = str(e)
+    return out
+
+
 def is_complete(rd: Path) -> bool:
     """True when a run directory holds the results of every protocol it ran (``summary.json``
     is written last)."""
@@ -52,67 +97,121 @@ def check_output_dir(out_dir: Path, resume: bool, overwrite: bool) -> None:
                            f"replace them, or another -o")
     if not ours:
         raise RuntimeError(f"{out_dir} holds no experiment; --overwrite only replaces experiment directories")
-    import shutil
-
     shutil.rmtree(out_dir)
 
 
+@dataclass(frozen=True)
+class Job:
+    """One repetition of one resolved run: the unit of work that runs anywhere (here, in a
+    local process or on a Ray worker) and writes one run directory."""
+
+    run: RunSpec
+    rep: int
+
+    @property
+    def name(self) -> str:
+        """``<run name>/rep<k>``: the run directory relative to the experiment directory."""
+        return f"{self.run.name}/rep{self.rep}"
+
+    def run_dir(self, out_dir: Path) -> Path:
+        """Where this job's results go in experiment directory ``out_dir``."""
+        return out_dir / self.run.name / f"rep{self.rep}"
+
+
+def expand_jobs(runs: list[RunSpec]) -> list[Job]:
+    """Every (run, repetition) of an experiment, in the order a sequential run takes them."""
+    return [Job(r, k) for r in runs for k in range(r.repetitions)]
+
+
+def execute_job(job: Job, rd: Path, mode: str, progress: bool = False, models: dict | None = None,
+                where_extra: dict | None = None) -> dict:
+    """Run one job into the new run directory ``rd`` (spec.json, config.json, where.json, the
+    trace as replayed, the logs, summary.json last); returns {protocol: summary dict}.
+    ``models`` caches loaded model pairs by (drafter, target) across jobs of one process;
+    ``progress`` shows an emulation's own progress bar; ``where_extra`` is added to where.json
+    (e.g. the Ray node)."""
+    run, rep = job.run, job.rep
+    rd.mkdir(parents=True)
+    cfg = run.run_config(rep, uuid.uuid4().hex)
+    (rd / "spec.json").write_text(json.dumps({**run.values, "repetition": rep, "mode": mode, "source": run.source,
+                                              "swept": run.swept}, indent=2) + "\n")
+    cfg.write(rd / "config.json")
+    where = {**where_it_runs(mode, cfg, run.values["link"]["backend"]), **(where_extra or {})}
+    (rd / "where.json").write_text(json.dumps(where, indent=2) + "\n")
+    trace = _prepared_trace(run, rep, rd)
+    if mode == "simulate":
+        from nodes.models import load_pair
+        from runs.simulate import simulate
+        from traces.format import read_trace
+
+        models = {} if models is None else models
+        key = (cfg.models.drafter, cfg.models.target)
+        if key not in models:
+            models[key] = load_pair(*key)
+        res = simulate(models[key], read_trace(trace), cfg, run.protocols, rd)
+    else:
+        from runs.emulated import EmulationSetup, run_emulated
+
+        v = run.values
+        setup = EmulationSetup(trace, run.topology(), v["link"]["backend"], v["link"]["queue_packets"],
+                               _device_traces(run, rd), progress=progress)
+        res = run_emulated(cfg, run.protocols, setup, rd)
+    return {k: s.__dict__ for k, s in res.items()}
+
+
 def run_experiment(runs: list[RunSpec], out_dir: Path, mode: str = "emulate", progress: bool = True,
-                   resume: bool = False) -> dict:
+                   resume: bool = False, jobs: int | None = None, ray_address: str | None = None) -> dict:
     """Run everything; returns {run name: {rep: {protocol: summary dict}}}. With ``resume``, runs
-    whose results are complete are kept and skipped. A failed run stops the experiment (its
-    partial logs stay) after the tables of what finished are written."""
+    whose results are complete are kept and skipped. One after another (the default), a failed
+    run stops the experiment (its partial logs stay) after the tables of what finished are
+    written. With ``jobs`` (runs in parallel on this machine) or ``ray_address`` (an existing
+    Ray cluster, or ``auto``) see :func:`runs.parallel.run_parallel`: a failed run is reported
+    and the rest continue (:class:`runs.parallel.RunsFailed` at the end)."""
     if mode not in ("emulate", "simulate"):
         raise ValueError("mode must be emulate or simulate")
     out_dir.mkdir(parents=True, exist_ok=True)
     results: dict = {}
-    jobs = [(r, k) for r in runs for k in range(r.repetitions)]
+    pending = []
+    for job in expand_jobs(runs):
+        rd = job.run_dir(out_dir)
+        if resume and is_complete(rd):
+            results.setdefault(job.run.name, {})[job.rep] = json.loads((rd / "summary.json").read_text())
+        else:
+            pending.append(job)
+    kept = sum(len(v) for v in results.values())
+    try:
+        if jobs is None and ray_address is None:
+            _run_sequential(pending, out_dir, mode, progress, kept, results)
+        else:
+            from runs.parallel import run_parallel
+
+            run_parallel(pending, out_dir, mode, results, jobs=jobs, address=ray_address, progress=progress,
+                         kept=kept)
+    finally:
+        collect_tables(out_dir, mode)
+    return results
+
+
+def _run_sequential(pending: list[Job], out_dir: Path, mode: str, progress: bool, kept: int, results: dict) -> None:
+    """The jobs one after another in this process (``results`` filled in); the first failure
+    stops them."""
     bar = None
     if progress:
         from tqdm import tqdm
 
-        bar = tqdm(total=len(jobs), unit="run", desc=f"{mode} runs")
-    pair = None
+        bar = tqdm(total=len(pending) + kept, initial=kept, unit="run", desc=f"{mode} runs")
+    models: dict = {}
     try:
-        for run, rep in jobs:
-            rd = out_dir / run.name / f"rep{rep}"
-            if resume and is_complete(rd):
-                results.setdefault(run.name, {})[rep] = json.loads((rd / "summary.json").read_text())
-                if bar:
-                    bar.update(1)
-                continue
+        for job in pending:
+            rd = job.run_dir(out_dir)
             if rd.exists():  # an incomplete earlier attempt: start this run afresh
-                import shutil
-
                 shutil.rmtree(rd)
-            rd.mkdir(parents=True)
-            cfg = run.run_config(rep, uuid.uuid4().hex)
-            (rd / "spec.json").write_text(json.dumps({**run.values, "repetition": rep, "mode": mode, "source": run.source,
-                                                      "swept": run.swept}, indent=2) + "\n")
-            cfg.write(rd / "config.json")
-            trace = _prepared_trace(run, rep, rd)
-            if mode == "simulate":
-                from nodes.models import load_pair
-                from runs.simulate import simulate
-                from traces.format import read_trace
-
-                pair = pair or load_pair(cfg.models.drafter, cfg.models.target)
-                res = simulate(pair, read_trace(trace), cfg, run.protocols, rd)
-            else:
-                from runs.emulated import EmulationSetup, run_emulated
-
-                v = run.values
-                setup = EmulationSetup(trace, run.topology(), v["link"]["backend"], v["link"]["queue_packets"],
-                                       _device_traces(run, rd), progress=progress)
-                res = run_emulated(cfg, run.protocols, setup, rd)
-            results.setdefault(run.name, {})[rep] = {k: s.__dict__ for k, s in res.items()}
+            results.setdefault(job.run.name, {})[job.rep] = execute_job(job, rd, mode, progress, models)
             if bar:
                 bar.update(1)
     finally:
         if bar:
             bar.close()
-        collect_tables(out_dir, mode)
-    return results
 
 
 def _device_traces(run: RunSpec, out: Path) -> list[Path] | None:

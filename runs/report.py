@@ -302,10 +302,42 @@ def run_plots(rounds: pd.DataFrame, requests: pd.DataFrame, out: Path) -> list[P
     return made
 
 
+def mixed_host_warnings(dirs: list[Path]) -> list[str]:
+    """A warning when the emulated runs of these experiment directories (one comparison) ran on
+    different kinds of host — CPU model, CPU count or shaping backend in their ``where.json`` —
+    since an emulated run's timing depends on its host; none otherwise. Simulated runs, and runs
+    without ``where.json``, are left out."""
+    kinds: dict[tuple, list[str]] = {}
+    measured = 0
+    for d in dirs:
+        for f in sorted(d.glob("*/rep*/where.json")):
+            try:
+                w = json.loads(f.read_text())
+            except (OSError, json.JSONDecodeError):
+                continue
+            if w.get("mode") != "emulate":
+                continue
+            kinds.setdefault((w.get("cpu_model"), w.get("cpus"), w.get("backend")), []).append(
+                f"{f.parent.parent.name}/{f.parent.name}")
+            measured += "measured" in (w.get("compute") or {}).values()
+    if len(kinds) < 2:
+        return []
+    hosts = "; ".join(f"{len(v)} on {model!r} x{cpus} CPUs, backend {backend} (e.g. {v[0]})"
+                      for (model, cpus, backend), v in kinds.items())
+    extra = f"; {measured} of them measured compute, so their compute time is their host's" if measured else ""
+    return [f"emulated runs of this comparison ran on different kinds of host: {hosts}{extra}. Compare runs "
+            f"within one kind of host, or rerun on one (Ray: start the emulation workers on identical hosts)."]
+
+
 def report(dirs: list[Path], out: Path | None = None) -> tuple[pd.DataFrame, list[Path]]:
-    """Table and plots of experiment directories; writes report.md, report.csv, plots to ``out``."""
+    """Table and plots of experiment directories; writes report.md, report.csv, plots to ``out``.
+    Logs a warning when emulated runs ran on different kinds of host (:func:`mixed_host_warnings`)."""
+    import logging
+
     import matplotlib
 
+    for w in mixed_host_warnings(dirs):
+        logging.getLogger(__name__).warning(w)
     matplotlib.use("Agg")
     rounds, requests, meta = load(dirs)
     swept = swept_columns(requests, meta)
