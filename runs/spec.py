@@ -3,7 +3,7 @@
 
     name: demo
     trace: {file: traces/builtin/pedestrian_3p5ghz_60s.csv}     # or {generate: {preset: pedestrian, ...}}
-    protocols: [vanilla, wisv-full, wisv-selective]
+    protocols: [vanilla, wisv-full]
     compute: {device: jetson-agx-orin/llama-3.2-1b, edge: a40/llama-3.1-8b}
     task: {split: test, problems: 20}
     repetitions: 3
