@@ -111,7 +111,12 @@ def _simulated(a: argparse.Namespace, protocols: list[str], out: Path | None) ->
 
     cfg = RunConfig(run_id=uuid.uuid4().hex, gamma=a.gamma, seed=a.seed, lambda_ms=a.lambda_ms, head_dir=a.head_dir,
                     models=ModelConfig(a.drafter, a.target),
-                    task=TaskConfig(problems=a.problems, max_new_tokens=a.max_new_tokens))
+                    task=TaskConfig(problems=a.problems, max_new_tokens=a.max_new_tokens, kind=a.task,
+                                    file=a.task_file, chat_template=a.chat_template))
+    from nodes.models import pair_identity
+    from nodes.protocols import check_heads
+
+    check_heads(protocols, cfg.head_dir, pair_identity(cfg.models.drafter, cfg.models.target))  # before anything runs
     pair = load_pair(cfg.models.drafter, cfg.models.target)
     return simulate(pair, read_trace(a.trace or DEFAULT_TRACE), cfg, protocols, out)
 
@@ -136,6 +141,8 @@ def cmd_head_eval(a: argparse.Namespace) -> int:
 
 
 def _simulation_args(p: argparse.ArgumentParser, protocols: list[str], problems: int) -> None:
+    from nodes.cli import add_task_args
+
     p.add_argument("--trace", help="trace file (default: the shipped pedestrian trace)")
     p.add_argument("--protocols", default=",".join(protocols), help="comma-separated protocols")
     p.add_argument("--problems", type=int, default=problems, help="test problems per protocol")
@@ -146,6 +153,7 @@ def _simulation_args(p: argparse.ArgumentParser, protocols: list[str], problems:
     p.add_argument("--head-dir", help="folder with head-full/head-target.safetensors (default: the shipped heads)")
     p.add_argument("--drafter", help="drafter model folder (default: the shipped pair)")
     p.add_argument("--target", help="target model folder (default: the shipped pair)")
+    add_task_args(p)
 
 
 def register_simulate(sub: argparse._SubParsersAction, head_commands: argparse._SubParsersAction) -> None:

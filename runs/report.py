@@ -222,7 +222,7 @@ def _finish(fig, ax, path: Path, made: list[Path], title: str, xlabel: str, ylab
     """Title, labels, grid, legend; save and close; append the path to ``made``."""
     import matplotlib.pyplot as plt
 
-    ax.set_title(title, fontsize=9)
+    ax.set_title(title, fontsize=8)
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     ax.grid(alpha=0.3)
@@ -254,15 +254,23 @@ def sweep_plots(df: pd.DataFrame, swept: list[str], out: Path) -> list[Path]:
     x = swept[0]
     colours = _colours(df["protocol"].unique())
     n = int(df["requests"].median())
-    for metric, (label, _) in METRICS.items():
-        fig, ax = plt.subplots(figsize=(6, 4))
+    how = df["ci_method"].iloc[0].split(";")[0]
+    ratios = {f"{m}_vs_vanilla": (m, f"{label} ÷ vanilla's, paired") for m, label in
+              (("latency_ratio", "latency"), ("accepted_len_ratio", "accepted length"), ("rounds_ratio", "rounds"))}
+    for metric, (label, _) in {**METRICS, **{v[0]: (v[1], "") for v in ratios.values()}}.items():
+        if metric not in df:
+            continue
+        fig, ax = plt.subplots(figsize=(6.4, 4.2))
         for protocol, g in df.groupby("protocol", sort=False):
             g = g.sort_values(x)
+            if g[metric].isna().all():
+                continue
             ax.plot(g[x], g[metric], marker="o", color=colours[protocol], label=protocol)
             if f"{metric}_lo" in g and g[f"{metric}_lo"].notna().any():
                 ax.fill_between(g[x], g[f"{metric}_lo"], g[f"{metric}_hi"], color=colours[protocol], alpha=0.15)
-        _finish(fig, ax, out / f"sweep_{metric}.png", made, f"{label} vs {x} (n = {n} requests per point; 95 % "
-                f"intervals: {df['ci_method'].iloc[0].split(';')[0]})", x, label)
+        band = "paired bootstrap over problems (BCa)" if metric.endswith("_ratio") else how
+        _finish(fig, ax, out / f"sweep_{metric}.png", made, f"{label} vs {x}\nn = {n} requests per point; bands: "
+                f"95 %, {band}", x, label)
     return made
 
 
