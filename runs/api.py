@@ -146,6 +146,8 @@ class Testbed:
         tag = (lambda k: protocol) if n == 1 else (lambda k: f"{protocol}-d{k}")
         dev_logs = [rd / f"device-{tag(k)}.log" for k in range(n)]
         replayer = self._replayer(timeout_s * 1000.0)
+        replayer.apply_first()  # hello and the first request already see the trace's first step, not the last
+        #                         step of the previous protocol (which may be a deep fade)
         devs, errs = [], []
         self._check_alive(protocol, [], [], replayer)
         self._capture = start_capture(self.net, self.capture, rd / "pcap", protocol)  # None when capture is off
