@@ -2,10 +2,9 @@
 (whose last line is ``#### n``)."""
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
-from nodes.tasks.base import Problem, extract_answer
+from nodes.tasks.base import Problem, extract_answer, read_jsonl
 
 
 def load_gsm8k_jsonl(path: str | Path, limit: int | None = None,
@@ -13,21 +12,14 @@ def load_gsm8k_jsonl(path: str | Path, limit: int | None = None,
     """Problems from a GSM8K-style JSONL file; a malformed line raises ValueError naming file:line."""
     path = Path(path)
     out: list[Problem] = []
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise ValueError(f"{path}:{lineno}:{e.colno}: invalid JSON: {e.msg}") from None
-            if not isinstance(obj, dict) or "question" not in obj or "answer" not in obj:
-                raise ValueError(f"{path}:{lineno}: expected an object with 'question' and 'answer'")
-            ans = extract_answer(obj["answer"])
-            if ans is None:
-                raise ValueError(f"{path}:{lineno}: answer has no '#### <number>' line")
-            out.append(Problem(uid=f"{path.stem}-{lineno}", prompt=prompt_template.format(question=obj["question"]),
-                               solution=" " + obj["answer"], answer=ans))
-            if limit is not None and len(out) >= limit:
-                break
+    for lineno, obj in read_jsonl(path):
+        if "question" not in obj or "answer" not in obj:
+            raise ValueError(f"{path}:{lineno}: expected an object with 'question' and 'answer'")
+        ans = extract_answer(obj["answer"])
+        if ans is None:
+            raise ValueError(f"{path}:{lineno}: answer has no '#### <number>' line")
+        out.append(Problem(uid=f"{path.stem}-{lineno}", prompt=prompt_template.format(question=obj["question"]),
+                           solution=" " + obj["answer"], answer=ans))
+        if limit is not None and len(out) >= limit:
+            break
     return out

@@ -7,7 +7,6 @@ answer, or whether the tests pass) and whether it is correct; label mining calls
 """
 from __future__ import annotations
 
-import json
 import os
 import resource
 import subprocess
@@ -18,7 +17,7 @@ from pathlib import Path
 from typing import Hashable
 
 from nodes.tasks.arith import ArithTask
-from nodes.tasks.base import Problem, extract_answer
+from nodes.tasks.base import Problem, extract_answer, read_jsonl
 from nodes.tasks.gsm8k import load_gsm8k_jsonl
 
 CODE_TIMEOUT_S = 10.0
@@ -77,19 +76,12 @@ class CodeTask:
     def problems(self, split: str, n: int, start: int = 0) -> list[Problem]:
         """Problems ``start … start + n − 1`` of the file (``split`` is ignored)."""
         out = []
-        with open(self.file, encoding="utf-8") as f:
-            for lineno, line in enumerate(f, start=1):
-                if not line.strip():
-                    continue
-                try:
-                    obj = json.loads(line)
-                except json.JSONDecodeError as e:
-                    raise ValueError(f"{self.file}:{lineno}:{e.colno}: invalid JSON: {e.msg}") from None
-                missing = {"task_id", "prompt", "test", "entry_point"} - set(obj) if isinstance(obj, dict) else {"all"}
-                if missing:
-                    raise ValueError(f"{self.file}:{lineno}: missing {sorted(missing)}")
-                out.append(Problem(uid=str(obj["task_id"]), prompt=obj["prompt"], solution="", answer="",
-                                   tests=obj["test"], entry_point=obj["entry_point"]))
+        for lineno, obj in read_jsonl(self.file):
+            missing = {"task_id", "prompt", "test", "entry_point"} - set(obj)
+            if missing:
+                raise ValueError(f"{self.file}:{lineno}: missing {sorted(missing)}")
+            out.append(Problem(uid=str(obj["task_id"]), prompt=obj["prompt"], solution="", answer="",
+                               tests=obj["test"], entry_point=obj["entry_point"]))
         return _file_slice(out, self.file, n, start)
 
     def outcome(self, text: str, problem: Problem) -> Hashable:
