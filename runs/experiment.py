@@ -140,14 +140,14 @@ def execute_job(job: Job, rd: Path, mode: str, progress: bool = False, models: d
     (rd / "where.json").write_text(json.dumps(where, indent=2) + "\n")
     trace = _prepared_trace(run, rep, rd)
     if mode == "simulate":
-        from nodes.models import load_pair
+        from nodes.models import load_models
         from runs.simulate import simulate
         from traces.format import read_trace
 
         models = {} if models is None else models
-        key = (cfg.models.drafter, cfg.models.target)
+        key = cfg.models  # folders, devices and dtypes: one loaded pair per distinct placement
         if key not in models:
-            models[key] = load_pair(*key)
+            models[key] = load_models(key)
         res = simulate(models[key], read_trace(trace), cfg, run.protocols, rd)
     else:
         from runs.emulated import EmulationSetup, run_emulated
