@@ -39,8 +39,10 @@ import numpy as np  # noqa: E402
 from hypothesis import HealthCheck, Phase, given, seed, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
+from channel_models.csi import CSI  # noqa: E402
+from runs.simulate import SimTransport  # noqa: E402
 from nodes.wire import (MESSAGE_TYPES, WIRE_DTYPES, Bye, Draft, Error, Hello, HelloAck, HiddenRequest,  # noqa: E402
-                        HiddenUpload, Message, Start, StartAck, WireError, decode, encode, encoded_size)
+                        HiddenUpload, Message, Start, StartAck, WireError, decode, encode)
 
 PLACEHOLDER = "s" * 32  # generated messages carry this; the harness swaps in a session's real secret
 PLACEHOLDER_BYTES = PLACEHOLDER.encode()
@@ -282,52 +284,31 @@ def classify_reply(reply: list[bytes] | None) -> tuple[str, Message | None]:
 
 # ----------------------------------------------------------------------------- harness
 
-class DirectTransport:
-    """A device transport that hands frames straight to an edge's handler (no socket, no link
-    model); ``before`` runs before each exchange (an attacker's turn, in tests)."""
+class _NoLink:
+    """No link model: every message arrives at once; the channel report is the default one."""
 
-    virtual = False  # the real clock
+    def transfer_ms(self, t_ms: float, nbytes: int, direction: str, expected: bool = False) -> float:
+        return 0.0
+
+    def csi(self, t_ms: float) -> CSI:
+        return CSI()
+
+
+class DirectTransport(SimTransport):
+    """The simulator's transport without a link (frames go straight to an edge's handler);
+    ``before`` runs before each exchange (an attacker's turn, in tests)."""
+
+    virtual = False  # measured compute
 
     def __init__(self, edge, cfg, ident: bytes, before: Callable[[], None] | None = None):
-        self.edge, self.cfg, self.ident, self.before = edge, cfg, ident, before
-
-    def now_ms(self) -> float:
-        """Monotonic time in ms."""
-        return time.perf_counter() * 1000.0
-
-    def wall_s(self) -> float:
-        """Wall-clock time (epoch s)."""
-        return time.time()
-
-    def compute(self, charged_ms: float, pad_ms: float) -> None:
-        """Nothing to pad."""
+        super().__init__(edge, _NoLink(), cfg)
+        self.ident, self.before = ident, before
 
     def exchange(self, msg: Message, expect: tuple[type, ...], stats: dict) -> Message:
-        """One message to the edge and its reply (EdgeError for an ``error`` reply)."""
-        from nodes.device import EdgeError
-
+        """The attacker's turn, then one message to the edge and its reply."""
         if self.before is not None:
             self.before()
-        frames = encode(msg, {"hidden": self.cfg.hidden_dtype, "probs": "f32"})
-        stats["up_bytes"] += encoded_size(frames)
-        reply_frames = self.edge.handle_frames(self.ident, frames)
-        if reply_frames is None:
-            raise EdgeError("internal", "the edge sent no reply")
-        reply = decode(reply_frames)
-        stats["down_bytes"] += encoded_size(reply_frames)
-        if isinstance(reply, Error):
-            raise EdgeError(reply.code, reply.message)
-        if not isinstance(reply, expect):
-            raise EdgeError("internal", f"unexpected reply {reply.TYPE} to {msg.TYPE}")
-        stats["round_trips"] += 1
-        return reply
-
-    def send_only(self, msg: Message) -> None:
-        """Deliver a message that gets no reply."""
-        self.edge.handle_frames(self.ident, encode(msg))
-
-    def close(self) -> None:
-        """Nothing to close."""
+        return super().exchange(msg, expect, stats)
 
 
 def greedy_session_ok(edge, pair, n_problems: int = 2, ident: bytes = b"valid-device") -> bool:
