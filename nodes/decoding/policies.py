@@ -38,6 +38,7 @@ class VerifyContext:
     temperature: float = 0.0
     generator: torch.Generator | None = None
     _greedy: torch.Tensor | None = field(default=None, repr=False)
+    _mismatches: list[int] | None = field(default=None, repr=False)
 
     @property
     def gamma(self) -> int:
@@ -55,8 +56,10 @@ class VerifyContext:
         return self.draft_tokens == self.target_greedy()[: self.gamma]
 
     def mismatch_positions(self) -> list[int]:
-        """Draft positions whose token differs from the target's choice."""
-        return (~self.matches()).nonzero().flatten().tolist()
+        """Draft positions whose token differs from the target's choice (computed once per round)."""
+        if self._mismatches is None:
+            self._mismatches = (~self.matches()).nonzero().flatten().tolist()
+        return self._mismatches
 
 
 @dataclass

@@ -26,11 +26,15 @@ class RoundOutcome:
 
     ctx: VerifyContext
     policy: VerificationPolicy
-    mismatches: list[int]
     verify_ms: float
     n_prefill: int = 0
     request_rows: list[int] = field(default_factory=list)
     decision: Decision | None = None
+
+    @property
+    def mismatches(self) -> list[int]:
+        """Draft positions that differ from the target's choice."""
+        return self.ctx.mismatch_positions()
 
     @property
     def new_tokens(self) -> list[int]:
@@ -74,4 +78,4 @@ def verify_round(verifier, policy: VerificationPolicy, seq: list[int], draft: li
     n_prefill = max(0, len(seq) - verifier.lm.cache_len - 1)
     logits, hidden, forward_ms = verifier.score(seq, draft)
     ctx = VerifyContext(torch.tensor(draft), logits, hidden, drafter_probs, drafter_hidden, csi, temperature, generator)
-    return RoundOutcome(ctx, policy, ctx.mismatch_positions(), forward_ms, n_prefill).decide()
+    return RoundOutcome(ctx, policy, forward_ms, n_prefill).decide()
