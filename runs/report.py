@@ -25,6 +25,7 @@ import pandas as pd
 from scipy import stats
 
 from nodes.protocols import PROTOCOLS
+from runs.summary import figures
 
 BASELINE = "vanilla"
 METRICS = {  # column → (label with unit, format)
@@ -81,15 +82,9 @@ def wilson(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
 
 
 def _figures(rq: pd.DataFrame, rd: pd.DataFrame) -> dict:
-    """Figures of completed requests ``rq`` and their rounds ``rd``."""
-    toks, n_rounds = rq["n_tokens"].sum(), rq["rounds"].sum()
-    lat = rq["latency_ms"].to_numpy() if len(rq) else np.full(1, np.nan)
-    up = rd["up_bytes"].sum() if len(rd) else np.nan
-    down = rd["down_bytes"].sum() if len(rd) else np.nan
-    return {"mean_accepted_len": toks / max(1, n_rounds), "rounds_per_100_tokens": 100.0 * n_rounds / max(1, toks),
-            "latency_ms_mean": float(np.mean(lat)), "latency_ms_p50": float(np.percentile(lat, 50)),
-            "latency_ms_p95": float(np.percentile(lat, 95)), "tokens_per_s": toks / max(1e-9, np.nansum(lat) / 1000.0),
-            "up_bytes_per_token": up / max(1, toks), "down_bytes_per_token": down / max(1, toks)}
+    """Figures of completed requests ``rq`` and their rounds ``rd`` (:func:`runs.summary.figures`)."""
+    return figures(int(rq["n_tokens"].sum()), int(rq["rounds"].sum()), rq["latency_ms"].to_numpy(),
+                   rd["up_bytes"].sum() if len(rd) else np.nan, rd["down_bytes"].sum() if len(rd) else np.nan)
 
 
 def _ratio_ci(stat, arrays: tuple[np.ndarray, ...], seed: int = 0) -> tuple[float, float, float]:

@@ -45,6 +45,19 @@ def format_table(res: dict[str, ProtocolSummary]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def figures(tokens: int, rounds: int, latencies_ms, up_bytes: float, down_bytes: float) -> dict:
+    """The per-protocol figures of completed requests: ``tokens`` produced in ``rounds`` rounds,
+    request latencies (ms), application bytes up and down — accepted length (tokens per round,
+    counting the bonus token), rounds per 100 tokens, latency mean/p50/p95 (ms), tokens/s, bytes
+    per token. Shared by the run summaries and ``wisv report``."""
+    lat = np.asarray(latencies_ms, dtype=float) if len(latencies_ms) else np.full(1, np.nan)
+    return {"mean_accepted_len": tokens / max(1, rounds), "rounds_per_100_tokens": 100.0 * rounds / max(1, tokens),
+            "latency_ms_mean": float(np.mean(lat)), "latency_ms_p50": float(np.percentile(lat, 50)),
+            "latency_ms_p95": float(np.percentile(lat, 95)),
+            "tokens_per_s": tokens / max(1e-9, np.nansum(lat) / 1000.0),
+            "up_bytes_per_token": up_bytes / max(1, tokens), "down_bytes_per_token": down_bytes / max(1, tokens)}
+
+
 def summarise(protocol: str, requests: list[dict], rounds: list[dict]) -> ProtocolSummary:
     """Figures of one protocol from per-request records (``ok``, ``correct``, ``n_tokens``,
     ``latency_ms``, ``request_id``) and per-round records (``up_bytes``, ``down_bytes``,
@@ -54,11 +67,7 @@ def summarise(protocol: str, requests: list[dict], rounds: list[dict]) -> Protoc
     done = {r.get("request_id") for r in ok}
     rounds = [x for x in rounds if x.get("request_id", None) in done or "request_id" not in x]
     toks = sum(r["n_tokens"] for r in ok)
-    lat = np.array([r["latency_ms"] for r in ok]) if ok else np.full(1, np.nan)
-    up = sum(x["up_bytes"] for x in rounds)
-    down = sum(x["down_bytes"] for x in rounds)
     return ProtocolSummary(protocol, len(requests), len(requests) - len(ok),
                            sum(bool(r["correct"]) for r in requests) / max(1, len(requests)), toks, len(rounds),
-                           toks / max(1, len(rounds)), 100.0 * len(rounds) / max(1, toks), float(lat.mean()),
-                           float(np.percentile(lat, 50)), float(np.percentile(lat, 95)),
-                           toks / max(1e-9, np.nansum(lat) / 1000.0), up / max(1, toks), down / max(1, toks))
+                           **figures(toks, len(rounds), [r["latency_ms"] for r in ok],
+                                     sum(x["up_bytes"] for x in rounds), sum(x["down_bytes"] for x in rounds)))
