@@ -1,115 +1,85 @@
-"""Benchmark: WISV against vanilla speculative decoding on the default pair and task over a
-fixed fading trace (the shipped pedestrian trace), side by side in one run, with the link
-modelled from the trace (``wisv simulate``: same nodes, same wire, virtual clock).
+"""Benchmark: WISV against vanilla speculative decoding, the paper's way, over the evaluation grid
+of ``examples/paper.yaml`` (channel regimes × mean SNR, two real imported traces, γ ∈ {4, 8}, a λ
+sweep; protocols vanilla, wisv-full, wisv-selective, wisv-adaptive, wisv-target and the oracle
+bound), simulated: same nodes, same wire, virtual clock, the paper's compute profiles.
 
-Protocols: vanilla, wisv-full, wisv-selective, wisv-target and two non-learned relaxed baselines
-(top-2 acceptance; Medusa typical acceptance). Also: the accuracy-vs-latency curve of wisv-full
-as λ varies (heads retrained per λ from a mined dataset, when one is given), and the head's
-inference cost per verified token next to the target's verification forward.
-Last line: one JSON object mapping each protocol to mean_accepted_len, rounds, latency_s, accuracy.
+Prints every setting's paired ratios to vanilla, then per protocol the best setting (lowest
+latency ratio among settings with accuracy drop < 1 pp and no failures) next to the oracle in the
+same setting and the paper's ×1.608 / ×0.627 / ×0.686. Last line: one JSON object mapping each
+protocol to mean_accepted_len, rounds, latency_s, accuracy of its best setting, with the vanilla
+(and oracle) rows of that setting and the setting named.
 
-Usage: python benchmarks/wisv_vs_vanilla.py [--problems 100] [--mined runs/out/mined]
+Usage: python benchmarks/wisv_vs_vanilla.py [--jobs 2] [--out runs/out/paper] [--readme]
+  --readme also writes the figures to docs/img/ and the README's headline table (make paper).
+Runs already complete in --out are kept (delete the folder, or --fresh, to rerun everything).
 """
 from __future__ import annotations
 
 import argparse
 import json
+import logging
+import shutil
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-import torch  # noqa: E402
-
-from channel_models.csi import CSI  # noqa: E402
-from nodes.config import ComputeConfig, RunConfig, TaskConfig  # noqa: E402
-from nodes.models import load_pair  # noqa: E402
-from nodes.profiles import DEFAULT_DEVICE_PROFILE, DEFAULT_EDGE_PROFILE, PRESETS  # noqa: E402
-from runs.simulate import simulate  # noqa: E402
-
-# the paper's hardware class, as the default experiment: latencies do not move with host load
-PAPER_HARDWARE = ComputeConfig(PRESETS[DEFAULT_DEVICE_PROFILE].profile, PRESETS[DEFAULT_EDGE_PROFILE].profile)
-from traces.format import read_trace  # noqa: E402
-from traces.defaults import DEFAULT_TRACE  # noqa: E402
-
-PROTOCOLS = ["vanilla", "wisv-full", "wisv-selective", "wisv-adaptive", "wisv-target", "topk", "typical"]
-PAPER = {"accepted_len_pct": 60.8, "rounds_pct": -37.3, "latency_pct": -31.4, "accuracy_loss_pp": "< 1"}
-
-
-def head_cost_ms(pair) -> dict:
-    """Head inference per verified token vs the target forward over a γ=4 draft (ms)."""
-    from nodes.decoding import Drafter, Verifier, VerifyContext
-    from nodes.evaluate import encode_prompt
-    from nodes.head import DecisionHead
-    from nodes.protocols import head_file
-    from nodes.tasks import ArithTask
-
-    head = DecisionHead.load(head_file(None, "full"))
-    d, v = Drafter(pair.drafter), Verifier(pair.target)
-    ids = encode_prompt(pair, ArithTask().problem("test", 0))
-    block = d.draft(ids, 4)
-    t_fwd, t_head = [], []
-    for _ in range(50):
-        v.reset()
-        logits, hidden, ms = v.score(ids, block.tokens)
-        t_fwd.append(ms)
-        ctx = VerifyContext(torch.tensor(block.tokens), logits, hidden, None, block.hidden,
-                            CSI(20.0, 50.0, 10.0, 10.0, snr_db=10.0))
-        t0 = time.perf_counter()
-        with torch.inference_mode():
-            head(head.features(ctx, torch.arange(4)))
-        t_head.append((time.perf_counter() - t0) * 1000.0 / 4)
-    t_fwd.sort()
-    t_head.sort()
-    return {"head_ms_per_token": t_head[len(t_head) // 2], "target_verify_ms_per_round": t_fwd[len(t_fwd) // 2]}
-
-
-def lambda_curve(pair, mined: Path, problems: int, lambdas: list[float]) -> list[dict]:
-    """Accuracy and latency of wisv-full with heads trained at each λ (ms)."""
-    from nodes.head_train import train_heads
-
-    curve = []
-    for lam in lambdas:
-        d = Path(tempfile.mkdtemp(prefix="wisv-heads-"))
-        train_heads(mined, d, lam)
-        cfg = RunConfig(head_dir=str(d), task=TaskConfig(problems=problems), compute=PAPER_HARDWARE)
-        r = simulate(pair, read_trace(DEFAULT_TRACE), cfg, ["wisv-full"])["wisv-full"]
-        curve.append({"lambda_ms": lam, "accuracy": r.accuracy, "latency_s": r.latency_ms_mean / 1000.0,
-                      "mean_accepted_len": r.mean_accepted_len})
-        print(f"λ = {lam:6g} ms: accuracy {r.accuracy:.3f}, latency {r.latency_ms_mean:.1f} ms, "
-              f"accepted length {r.mean_accepted_len:.2f}")
-    return curve
+from runs.experiment import run_experiment  # noqa: E402
+from runs.paper import (PAPER, REPO, SPEC, best_settings, headline_markdown, import_real_traces,  # noqa: E402
+                        paper_plots, settings_lines, update_readme)
+from runs.report import load, swept_columns, table  # noqa: E402
+from runs.spec import load_spec  # noqa: E402
 
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--problems", type=int, default=100)
-    ap.add_argument("--mined", help="mined dataset (wisv head mine) for the λ curve")
-    ap.add_argument("--lambdas", default="100,300,1000,3000")
+    ap.add_argument("--spec", default=str(SPEC), help="evaluation spec (default: examples/paper.yaml)")
+    ap.add_argument("--out", default="runs/out/paper", help="experiment folder (complete runs are kept)")
+    ap.add_argument("--jobs", type=int, default=2, help="runs in parallel on this machine")
+    ap.add_argument("--fresh", action="store_true", help="delete --out first")
+    ap.add_argument("--readme", action="store_true", help="write docs/img/paper_*.png and the README table")
+    ap.add_argument("--shared-traces", default=str(REPO.parent / "shared" / "traces"),
+                    help="the public traces the real-trace settings import")
     a = ap.parse_args()
-    pair = load_pair()
-    res = simulate(pair, read_trace(DEFAULT_TRACE), RunConfig(task=TaskConfig(problems=a.problems),
-                                                              compute=PAPER_HARDWARE), PROTOCOLS)
-    base = res["vanilla"]
-    out = {}
-    for k, v in res.items():
-        out[k] = {"mean_accepted_len": round(v.mean_accepted_len, 4), "rounds": v.rounds,
-                  "latency_s": round(v.latency_ms_mean / 1000.0, 5), "accuracy": v.accuracy}
-        print(f"{k:>15}: accepted length {v.mean_accepted_len:.2f} ({(v.mean_accepted_len / base.mean_accepted_len - 1) * 100:+.1f} %), "
-              f"rounds {v.rounds} ({(v.rounds / base.rounds - 1) * 100:+.1f} %), latency {v.latency_ms_mean:.1f} ms "
-              f"({(v.latency_ms_mean / base.latency_ms_mean - 1) * 100:+.1f} %), accuracy {v.accuracy:.3f} "
-              f"({(v.accuracy - base.accuracy) * 100:+.1f} pp)")
-    print(f"paper (1B/8B, simulated): accepted length +{PAPER['accepted_len_pct']} %, rounds {PAPER['rounds_pct']} %, "
-          f"latency {PAPER['latency_pct']} %, accuracy loss {PAPER['accuracy_loss_pp']} pp")
-    cost = head_cost_ms(pair)
-    print(f"head inference {cost['head_ms_per_token']:.4f} ms per verified token; target verification forward "
-          f"{cost['target_verify_ms_per_round']:.3f} ms per round")
-    extra = {"head_cost": cost, "paper": PAPER}
-    if a.mined:
-        extra["lambda_curve"] = lambda_curve(pair, Path(a.mined), a.problems, [float(x) for x in a.lambdas.split(",")])
-    print(json.dumps({**out, "_extra": extra}))
+    logging.basicConfig(level=logging.WARNING)
+    out = Path(a.out)
+    if a.fresh and out.exists():
+        shutil.rmtree(out)
+    import_real_traces(Path(a.shared_traces))
+    runs = load_spec(a.spec)
+    t0 = time.perf_counter()
+    run_experiment(runs, out, mode="simulate", progress=False, resume=out.exists(), jobs=a.jobs)
+    wall_s = time.perf_counter() - t0
+    rounds, requests, meta = load([out])
+    df = table(rounds, requests, swept_columns(requests, meta))
+    df.to_csv(out / "paper.csv", index=False)
+    for line in settings_lines(df):
+        print(line)
+    best = best_settings(df)
+    print(f"\nbest setting per protocol (accuracy drop < 1 pp, no failures), {df['run'].nunique()} settings:")
+    for p, e in best.items():
+        if e.get("setting") is None:
+            print(f"{p:>15}: {e['why']}")
+            continue
+        o = e.get("oracle")
+        print(f"{p:>15}: {e['setting']}: accepted length ×{e['accepted_len_ratio']:.3f}, rounds ×{e['rounds_ratio']:.3f}, "
+              f"latency ×{e['latency_ratio']:.3f}, accuracy {e['accuracy_diff_pp']:+.1f} pp"
+              + (f"; oracle there ×{o['accepted_len_ratio']:.3f} / ×{o['rounds_ratio']:.3f} / ×{o['latency_ratio']:.3f}"
+                 if o else "")
+              + f"; up to ×{e['up_to']['accepted_len_ratio']['value']:.3f} accepted length, "
+                f"×{e['up_to']['rounds_ratio']['value']:.3f} rounds, ×{e['up_to']['latency_ratio']['value']:.3f} latency")
+    print(f"paper (1B/8B): accepted length ×{PAPER['accepted_len_ratio']}, rounds ×{PAPER['rounds_ratio']}, "
+          f"latency ×{PAPER['latency_ratio']}, accuracy drop < {PAPER['max_accuracy_drop_pp']} pp")
+    plots = paper_plots(df, REPO / "docs" / "img" if a.readme else out / "plots")
+    print("figures: " + ", ".join(str(p) for p in plots))
+    n_per = int(df["requests"].median())
+    if a.readme:
+        update_readme(REPO / "README.md", headline_markdown(best, df["run"].nunique(), n_per))
+        print("README table updated")
+    print(f"wall time {wall_s:.0f} s for {len(runs)} settings (runs kept from before are not rerun)")
+    print(json.dumps({**best, "_extra": {"paper": PAPER, "settings": int(df["run"].nunique()),
+                                         "requests_per_setting": n_per, "wall_s": round(wall_s, 1)}}))
 
 
 if __name__ == "__main__":

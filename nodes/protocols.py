@@ -16,6 +16,7 @@ adding a protocol is one :meth:`ProtocolRegistry.register` call (plus its policy
 | wisv-target     | token ids                                  | head on target features only    |
 | topk            | token ids                                  | match OR in the target's top-2 (non-learned) |
 | typical         | token ids                                  | Medusa typical acceptance (non-learned)      |
+| oracle          | token ids                                  | match OR the mining's label says harmless (an upper bound, needs the task's answers) |
 """
 from __future__ import annotations
 
@@ -46,7 +47,8 @@ class Protocol:
     mismatched rows) or ``adaptive`` (``all`` or ``mismatch`` per round, from the CSI).
     edge_only: the target decodes alone (no drafting). head: the kind of decision head the edge
     runs (``full``/``target``) or None. policy: the edge's policy for a temperature (protocols
-    without a head). greedy_only: refuses temperature > 0. in_default: part of the built-in
+    without a head). oracle: the edge accepts what :mod:`nodes.oracle` labels harmless (it needs
+    the run's task). greedy_only: refuses temperature > 0. in_default: part of the built-in
     comparison."""
 
     name: str
@@ -55,26 +57,35 @@ class Protocol:
     edge_only: bool = False
     head: str | None = None
     policy: Callable[[float], VerificationPolicy] | None = None
+    oracle: bool = False
     greedy_only: bool = False
     in_default: bool = False
 
     def __post_init__(self) -> None:
         if self.upload not in UPLOADS:
             raise ValueError(f"{self.name}: upload must be one of {UPLOADS}")
-        if not self.edge_only and (self.head is None) == (self.policy is None):
-            raise ValueError(f"{self.name}: a drafting protocol has exactly one of head or policy")
+        if not self.edge_only and [self.head is not None, self.policy is not None, self.oracle].count(True) != 1:
+            raise ValueError(f"{self.name}: a drafting protocol has exactly one of head, policy or oracle")
 
     def check_temperature(self, temperature: float) -> None:
         """ValueError when this protocol cannot verify at ``temperature``."""
-        if temperature > 0 and (self.greedy_only or self.head is not None):
+        if temperature > 0 and (self.greedy_only or self.head is not None or self.oracle):
             raise ValueError(f"{self.name} verifies greedily (temperature 0)")
 
     def edge_policy(self, temperature: float, head_dir: str | Path | None = None, lambda_ms: float | None = None,
-                    pair: dict[str, dict | None] | None = None) -> VerificationPolicy:
+                    pair: dict[str, dict | None] | None = None, oracle=None) -> VerificationPolicy:
         """The policy the edge runs (a head from ``head_dir``, refused with ValueError when it
         does not belong to ``pair``, the :func:`nodes.models.model_identity` of target and
-        drafter; ``lambda_ms`` overrides its price of an accuracy-changing acceptance)."""
+        drafter; ``lambda_ms`` overrides its price of an accuracy-changing acceptance; ``oracle``,
+        a :class:`nodes.oracle.AnswerOracle`, for the oracle protocol)."""
         self.check_temperature(temperature)
+        if self.oracle:
+            from nodes.oracle import OracleAcceptance
+
+            if oracle is None:
+                raise ValueError(f"{self.name} needs the run's task at the edge (a simulated run, or an edge "
+                                 "started with --config)")
+            return OracleAcceptance(oracle)
         if self.head is not None:
             from nodes.head import DecisionHead, HeadPolicy, check_pair
 
@@ -163,6 +174,8 @@ PROTOCOLS = ProtocolRegistry(
              greedy_only=True),
     Protocol("typical", "Medusa typical acceptance (non-learned)", policy=lambda t: TypicalAcceptance(),
              greedy_only=True),
+    Protocol("oracle", "accept exactly the mismatches the mining labels harmless (an upper bound for heads)",
+             oracle=True),
 )
 
 

@@ -18,6 +18,8 @@ def spec_overrides(a: argparse.Namespace) -> dict:
         o["protocols"] = a.protocols.split(",")
     if getattr(a, "gamma", None) is not None:
         o["gamma"] = a.gamma
+    if getattr(a, "repetitions", None) is not None:
+        o["repetitions"] = a.repetitions
     if getattr(a, "trace", None):
         o["trace"] = {"file": a.trace, "generate": None}
     if getattr(a, "capture", False):
@@ -46,6 +48,12 @@ def cmd_run(a: argparse.Namespace) -> int:
     if jobs is not None and jobs < 1:
         raise SystemExit("wisv run: --jobs must be >= 1")
     runs = load_spec(a.spec, spec_overrides(a))
+    if a.only:
+        from fnmatch import fnmatchcase
+
+        runs = [r for r in runs if any(fnmatchcase(r.name, pat) for pat in a.only)]
+        if not runs:
+            raise SystemExit(f"wisv run: no run of the spec matches --only {' '.join(a.only)}")
     if a.output:
         out = Path(a.output)
         check_output_dir(out, a.resume, a.overwrite)
@@ -187,6 +195,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--problems", type=int, help="task.problems (problems per protocol, device and repetition)")
     p.add_argument("--protocols", help="comma-separated protocols (spec key protocols)")
     p.add_argument("--gamma", type=int, help="draft tokens per round (spec key gamma)")
+    p.add_argument("--repetitions", type=int, help="repetitions per run (spec key repetitions)")
+    p.add_argument("--only", action="append", metavar="GLOB", help="run only the runs whose names match GLOB "
+                   "(repeatable; e.g. 'paper-*pedestrian-gamma=4*': a subset of a sweep)")
     p.add_argument("--trace", help="trace file (spec key trace.file)")
     p.add_argument("--capture", action="store_true", help="pcaps of every emulated link in RUN_DIR/pcap/ (spec key "
                    "capture.enabled; read them with wisv pcap RUN_DIR)")

@@ -127,7 +127,8 @@ def execute_job(job: Job, rd: Path, mode: str, progress: bool = False, models: d
                 where_extra: dict | None = None) -> dict:
     """Run one job into the new run directory ``rd`` (spec.json, config.json, where.json, the
     trace as replayed, the logs, summary.json last); returns {protocol: summary dict}.
-    ``models`` caches loaded model pairs by (drafter, target) across jobs of one process;
+    ``models`` caches loaded model pairs by (drafter, target), and the oracle's labels by pair
+    and task, across jobs of one process;
     ``progress`` shows an emulation's own progress bar; ``where_extra`` is added to where.json
     (e.g. the Ray node)."""
     run, rep = job.run, job.rep
@@ -148,7 +149,14 @@ def execute_job(job: Job, rd: Path, mode: str, progress: bool = False, models: d
         key = cfg.models  # folders, devices and dtypes: one loaded pair per distinct placement
         if key not in models:
             models[key] = load_models(key)
-        res = simulate(models[key], read_trace(trace), cfg, run.protocols, rd)
+        pair = models[key]
+        oracle = models.get(("oracle", key, cfg.task))
+        if oracle is None and "oracle" in run.protocols:
+            from nodes.oracle import AnswerOracle
+
+            oracle = models[("oracle", key, cfg.task)] = AnswerOracle(pair.target, pair.tokenizer, pair.eos_token_id,
+                                                                      cfg.task)
+        res = simulate(pair, read_trace(trace), cfg, run.protocols, rd, oracle)
     else:
         from runs.emulated import EmulationSetup, run_emulated
 

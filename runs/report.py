@@ -144,6 +144,7 @@ def table(rounds: pd.DataFrame, requests: pd.DataFrame, swept: list[str] | None 
         row = {"run": run, "protocol": protocol, **{c: rq[c].iloc[0] for c in swept},
                "mode": rq["mode"].iloc[0] if "mode" in rq else "", "repetitions": len(reps), "requests": len(rq),
                "failed": int((~rq["ok"]).sum()), **_figures(ok, rd)}
+        row["rounds_per_request"] = float(ok["rounds"].mean()) if len(ok) else float("nan")
         row["accuracy"] = float(rq["correct"].mean())  # failed requests count as wrong
         row["accuracy_lo"], row["accuracy_hi"] = wilson(int(rq["correct"].sum()), len(rq))
         if len(reps) >= 2:
@@ -161,6 +162,10 @@ def table(rounds: pd.DataFrame, requests: pd.DataFrame, swept: list[str] | None 
             row.update(paired_change(rq, base))
         rows.append(row)
     df = pd.DataFrame(rows)
+    if "accepted_len_ratio" in df and (df["protocol"] == "oracle").any():  # the bound beside every head row
+        bound = df[df["protocol"] == "oracle"].set_index("run")["accepted_len_ratio"]
+        heads = df["protocol"].isin(PROTOCOLS.with_head())
+        df.loc[heads, "oracle_accepted_len_ratio"] = df.loc[heads, "run"].map(bound)
     order = {p: i for i, p in enumerate(PROTOCOLS.names())}
     keys = [*swept, "run", "protocol"]
     return df.sort_values(keys, key=lambda s: s.map(order) if s.name == "protocol" else s,
@@ -183,16 +188,17 @@ def _interval(r, c: str, fmt: str) -> str:
 
 
 def markdown(df: pd.DataFrame, meta: dict | None = None) -> str:
-    """The table as Markdown: values with their 95 % intervals as [lo, hi], n, failures, and the
-    paired ratios against vanilla; a header states mode, runs and how intervals were computed."""
+    """The table as Markdown: values with their 95 % intervals as [lo, hi], n, failures, the
+    paired ratios against vanilla and, beside each head protocol, the oracle's accepted-length
+    ratio in the same run (when it ran); a header states mode, runs and how intervals were computed."""
     head = ""
     if meta:
         head = (f"mode: {meta.get('mode', '?')}; runs: {len(df['run'].unique())}; "
                 f"intervals: 95 %, {df['ci_method'].iloc[0] if len(df) else ''}; ratios vs {BASELINE}: paired "
                 f"bootstrap (BCa) over the problems both completed\n\n")
     lines = ["| run | protocol | n | failed | accepted len | rounds/100 tok | latency mean ms | p95 | up B/tok "
-             "| accuracy | latency ×vanilla | acc.len ×vanilla | rounds ×vanilla | Δacc pp |",
-             "|" + "---|" * 14]
+             "| accuracy | latency ×vanilla | acc.len ×vanilla | rounds ×vanilla | Δacc pp | oracle acc.len ×vanilla |",
+             "|" + "---|" * 15]
     for _, r in df.iterrows():
         flag = " ⚠" if r["failed"] else ""
         lines.append(
@@ -203,7 +209,8 @@ def markdown(df: pd.DataFrame, meta: dict | None = None) -> str:
             f"{_interval(r, 'latency_ratio', '.3f') if 'latency_ratio' in r else '–'} | "
             f"{_interval(r, 'accepted_len_ratio', '.3f') if 'accepted_len_ratio' in r else '–'} | "
             f"{_interval(r, 'rounds_ratio', '.3f') if 'rounds_ratio' in r else '–'} | "
-            f"{_interval(r, 'accuracy_diff_pp', '+.1f') if 'accuracy_diff_pp' in r else '–'} |")
+            f"{_interval(r, 'accuracy_diff_pp', '+.1f') if 'accuracy_diff_pp' in r else '–'} | "
+            f"{_fmt(r.get('oracle_accepted_len_ratio', float('nan')), '.3f')} |")
     foot = ""
     if df["failed"].any():
         foot = ("\n⚠ failed requests: their latency and tokens are left out of the figures, they count as wrong in "

@@ -24,6 +24,7 @@ from nodes.config import RunConfig
 from nodes.csi_report import TraceCSI
 from nodes.device import DeviceClient, EdgeError, matches, run_problems
 from nodes.edge import EdgeServer
+from nodes.oracle import AnswerOracle
 from nodes.models import ModelPair
 from nodes.telemetry import RoundLogger
 from nodes.wire import Error, Message, decode, encode, encoded_size
@@ -121,12 +122,15 @@ class SimTransport:
         """Nothing to close."""
 
 
-def simulate_protocol(pair: ModelPair, trace: Trace, cfg: RunConfig, out_dir: Path | None = None) -> ProtocolSummary:
+def simulate_protocol(pair: ModelPair, trace: Trace, cfg: RunConfig, out_dir: Path | None = None,
+                      oracle: AnswerOracle | None = None) -> ProtocolSummary:
     """One protocol (``cfg.protocol``) over ``trace`` with the analytic link; per-round logs go to
     ``out_dir/rounds-<protocol>.jsonl``, the requests and the resolved config to
-    ``out_dir/requests-<protocol>.json``."""
+    ``out_dir/requests-<protocol>.json``. ``oracle``: the edge's judge for the oracle protocol
+    (default: a new one for ``cfg.task``; pass one to share its labels between runs)."""
+    oracle = oracle or AnswerOracle(pair.target, pair.tokenizer, pair.eos_token_id, cfg.task)
     edge = EdgeServer(pair.target, pair.eos_token_id, bind=None, head_dir=cfg.head_dir, profile=cfg.compute.edge,
-                      lambda_ms=cfg.lambda_ms)
+                      lambda_ms=cfg.lambda_ms, oracle=oracle)
     transport = SimTransport(edge, AnalyticLink(trace, seed=cfg.seed), cfg)
     logger = RoundLogger(out_dir / f"rounds-{cfg.protocol}.jsonl") if out_dir else None
     client = DeviceClient(pair.drafter, cfg, pair.eos_token_id, transport, round_logger=logger, csi=transport.csi)
@@ -152,9 +156,9 @@ def write_requests(path: Path, cfg: RunConfig, requests: list[dict]) -> None:
 
 
 def simulate(pair: ModelPair, trace: Trace, cfg: RunConfig, protocols: list[str],
-             out_dir: Path | None = None) -> dict[str, ProtocolSummary]:
+             out_dir: Path | None = None, oracle: AnswerOracle | None = None) -> dict[str, ProtocolSummary]:
     """Every protocol over the same trace segment with the analytic link (see
-    :func:`simulate_protocol`); the summaries go to ``out_dir/summary.json``."""
+    :func:`simulate_protocol`, also for ``oracle``); the summaries go to ``out_dir/summary.json``."""
     import torch
 
     if out_dir:
@@ -163,7 +167,7 @@ def simulate(pair: ModelPair, trace: Trace, cfg: RunConfig, protocols: list[str]
     if cfg.compute.device.enabled and cfg.compute.edge.enabled:
         torch.set_num_threads(1)  # time comes from the profiles: one thread is fastest on a shared host
     try:
-        out = {p: simulate_protocol(pair, trace, cfg.with_protocol(p), out_dir) for p in protocols}
+        out = {p: simulate_protocol(pair, trace, cfg.with_protocol(p), out_dir, oracle) for p in protocols}
     finally:
         torch.set_num_threads(threads)
     if out_dir:

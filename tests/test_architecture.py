@@ -57,7 +57,7 @@ def test_a_protocol_is_one_registry_entry(toy_protocol, tmp_path):
 def test_protocol_registry_rules():
     with pytest.raises(ValueError, match="already registered"):
         PROTOCOLS.register(Protocol("vanilla", "again", policy=lambda t: AcceptAll()))
-    with pytest.raises(ValueError, match="exactly one of head or policy"):
+    with pytest.raises(ValueError, match="exactly one of head, policy or oracle"):
         Protocol("broken", "neither")
     with pytest.raises(ValueError, match="verifies greedily"):
         PROTOCOLS["wisv-full"].check_temperature(0.7)

@@ -27,7 +27,8 @@ class VerifyContext:
     draft_tokens [γ]; target_logits [γ+1, V] (row i predicts the token after input i: rows 0..γ-1
     score draft tokens 1..γ, row γ gives the bonus); target_hidden [γ+1, H] (row 0 is the last
     committed token, row i ≥ 1 the state at draft token i); drafter_probs [γ, V] and drafter_hidden
-    [γ, Hd] (the drafter state that produced draft token i) when uploaded; csi: the device's report."""
+    [γ, Hd] (the drafter state that produced draft token i) when uploaded; csi: the device's report;
+    committed: the committed token ids before the draft (prompt included)."""
 
     draft_tokens: torch.Tensor
     target_logits: torch.Tensor
@@ -37,6 +38,7 @@ class VerifyContext:
     csi: CSI | None = None
     temperature: float = 0.0
     generator: torch.Generator | None = None
+    committed: list[int] | None = None
     _greedy: torch.Tensor | None = field(default=None, repr=False)
     _mismatches: list[int] | None = field(default=None, repr=False)
 
@@ -98,6 +100,9 @@ class VerificationPolicy(ABC):
     @abstractmethod
     def verify(self, ctx: VerifyContext) -> Decision:
         """Decide how many draft tokens stand and which token follows them."""
+
+    def start_request(self, request_id: str, prompt: list[int], max_new_tokens: int) -> None:
+        """A new request begins (prompt token ids); a policy with per-request state resets it."""
 
 
 class ExactMatch(VerificationPolicy):

@@ -51,7 +51,9 @@ class RoundOutcome:
         t0 = time.perf_counter()
         self.decision = self.policy.verify(self.ctx)
         self.request_rows = []
-        self.verify_ms += (time.perf_counter() - t0) * 1000.0
+        # an oracle's look-ahead (Decision.extra["lookahead_ms"]) is the experiment's bookkeeping,
+        # not the edge's compute
+        self.verify_ms += (time.perf_counter() - t0) * 1000.0 - self.decision.extra.get("lookahead_ms", 0.0)
         return self
 
     def supply_hidden(self, positions: list[int], rows: torch.Tensor) -> "RoundOutcome":
@@ -77,5 +79,6 @@ def verify_round(verifier, policy: VerificationPolicy, seq: list[int], draft: li
     decision (or its request for drafter hidden rows); see :class:`RoundOutcome`."""
     n_prefill = max(0, len(seq) - verifier.lm.cache_len - 1)
     logits, hidden, forward_ms = verifier.score(seq, draft)
-    ctx = VerifyContext(torch.tensor(draft), logits, hidden, drafter_probs, drafter_hidden, csi, temperature, generator)
+    ctx = VerifyContext(torch.tensor(draft), logits, hidden, drafter_probs, drafter_hidden, csi, temperature, generator,
+                        committed=seq)
     return RoundOutcome(ctx, policy, forward_ms, n_prefill).decide()
