@@ -2,7 +2,7 @@
 command line) and handed as JSON to the device and edge processes and to the simulator alike,
 so no setting is dropped on any path.
 
-    RunConfig(run_id, protocol, gamma, temperature, hidden_dtype, seed, lambda_ms, head_dir,
+    RunConfig(run_id, protocol, gamma, temperature, hidden_dtype, seed, lambda_ms, head_dir, hidden_wire_width,
               models=ModelConfig(drafter, target, devices, dtypes), task=TaskConfig(split, problems, ...),
               compute=ComputeConfig(device=ComputeProfile, edge=ComputeProfile),   # nodes.profiles
               timeout_ms, retries)
@@ -78,6 +78,7 @@ class RunConfig:
     timeout_ms: int = 5000
     retries: int = 3
     device_id: str = "dev0"
+    hidden_wire_width: int | None = None  # drafter hidden rows zero-padded to this width on the wire (None: own width)
     models: ModelConfig = field(default_factory=ModelConfig)
     task: TaskConfig = field(default_factory=TaskConfig)
     compute: ComputeConfig = field(default_factory=ComputeConfig)

@@ -19,7 +19,7 @@ from typing import Callable
 import torch
 import zmq
 
-from channel_models.csi import CSI, round_trip_ms, serialisation_ms
+from channel_models.csi import CSI, round_trip_ms, transfer_ms
 from nodes.config import RunConfig, TaskConfig
 from nodes.decoding import Drafter, SamplingConfig
 from nodes.protocols import PROTOCOLS
@@ -28,7 +28,22 @@ from nodes.wire import (Bye, Draft, Error, Hello, HelloAck, HiddenRequest, Hidde
                         StartAck, Verdict, array_nbytes, decode, encode, encoded_size)
 
 log = logging.getLogger(__name__)
-REQUEST_HEADER_BYTES = 60  # a hidden_request or verdict header without arrays, about
+DRAFT_BYTES = 250  # a draft message without hidden rows (γ = 4 token ids, the CSI report, ids), about
+REQUEST_BYTES = 70  # a hidden_request message, about
+UPLOAD_HEADER_BYTES = 130  # a hidden_upload message without its rows, about
+
+
+def upload_costs_ms(csi: CSI, gamma: int, bytes_per_row: float, p_mismatch: float, rows_per_mismatch: float,
+                    draft_bytes: float = DRAFT_BYTES, request_bytes: float = REQUEST_BYTES,
+                    upload_header_bytes: float = UPLOAD_HEADER_BYTES) -> tuple[float, float]:
+    """(full, mismatch-first): the expected time in ms each upload mode adds to a round of
+    ``gamma`` draft tokens at ``csi``, by the one link model (:func:`channel_models.csi.transfer_ms`).
+    Full: the draft carries ``gamma`` rows of ``bytes_per_row`` more — their serialisation and
+    the expected retransmissions of the extra TCP segments. Mismatch-first: with probability
+    ``p_mismatch`` one more exchange, a hidden_request down and ``rows_per_mismatch`` rows up."""
+    full = (transfer_ms(csi, draft_bytes + gamma * bytes_per_row, "up") - transfer_ms(csi, draft_bytes, "up"))
+    second = p_mismatch * round_trip_ms(csi, upload_header_bytes + rows_per_mismatch * bytes_per_row, request_bytes)
+    return full, second
 
 
 class ExchangeTimeout(RuntimeError):
@@ -63,27 +78,45 @@ class RequestResult:
 @dataclass
 class UploadChooser:
     """Per-round choice of ``wisv-adaptive`` between full upload and mismatch-first (SPEC §6),
-    both priced in ms by the one link model (:mod:`channel_models.csi`) at the CSI in force:
-    full costs the serialisation of γ hidden rows on the uplink now; mismatch-first costs, when
-    a mismatch occurs (observed rate, exponentially averaged), one more exchange carrying the
-    mismatched rows. The cheaper wins."""
+    both priced in ms by the one link model at the CSI in force when the draft is sent
+    (:func:`upload_costs_ms`): full costs the γ rows' transfer on the uplink now, expected
+    retransmissions of their extra segments included; mismatch-first costs, when the round has
+    a mismatch, one more exchange carrying the mismatched rows. The cheaper wins.
+
+    The chance of a mismatch grows with the draft's length: a draft token differs from the
+    target's choice with probability ``p_token`` (failures per token tried up to the first
+    mismatch, exponentially averaged over rounds), so a round of g tokens has one with
+    1 − (1 − p_token)^g — a short last round rarely needs the second exchange.
+    ``bytes_per_row``: one row on the wire (wire dtype × wire width)."""
 
     bytes_per_row: int
-    alpha: float = 0.2
-    p_mismatch: float = 0.5
+    alpha: float = 0.05  # slow: a round's mismatch says little about the next one's (benchmarks/upload_crossover.py)
+    p_token: float = 0.15
     rows_per_mismatch: float = 1.0
+    _failures: float = 0.15  # exponentially averaged mismatches per round …
+    _tried: float = 1.0  # … and draft tokens tried per round (up to and including the first mismatch)
+
+    def p_mismatch(self, gamma: int) -> float:
+        """Chance that a round of ``gamma`` draft tokens has a mismatch (0–1)."""
+        return 1.0 - (1.0 - self.p_token) ** gamma
+
+    def costs_ms(self, gamma: int, csi: CSI) -> tuple[float, float]:
+        """(full, mismatch-first) expected ms added to a round of ``gamma`` draft tokens at ``csi``."""
+        return upload_costs_ms(csi, gamma, self.bytes_per_row, self.p_mismatch(gamma),
+                               min(self.rows_per_mismatch, gamma))
 
     def choose(self, gamma: int, csi: CSI) -> str:
         """``all`` or ``mismatch`` for a round of ``gamma`` draft tokens."""
-        full_ms = serialisation_ms(csi, gamma * self.bytes_per_row, "up")
-        sel_ms = self.p_mismatch * round_trip_ms(csi, REQUEST_HEADER_BYTES + self.rows_per_mismatch * self.bytes_per_row,
-                                                 REQUEST_HEADER_BYTES)
+        full_ms, sel_ms = self.costs_ms(gamma, csi)
         return "all" if full_ms <= sel_ms else "mismatch"
 
-    def observe(self, mismatch: bool, rows: int | None = None) -> None:
-        """Update the statistics with a finished round: whether it had a mismatch, and (when the
-        edge asked for them) how many rows it requested."""
-        self.p_mismatch += self.alpha * (float(mismatch) - self.p_mismatch)
+    def observe(self, drafted: int, first_mismatch: int, rows: int = 0) -> None:
+        """Update the statistics with a finished round of ``drafted`` tokens: its first mismatch
+        (−1: none) and, when the edge asked for them, how many rows it requested."""
+        mismatch = 0 <= first_mismatch < drafted
+        self._failures += self.alpha * (float(mismatch) - self._failures)
+        self._tried += self.alpha * ((first_mismatch + 1 if mismatch else drafted) - self._tried)
+        self.p_token = min(1.0, self._failures / max(self._tried, 1e-9))
         if rows:
             self.rows_per_mismatch += self.alpha * (rows - self.rows_per_mismatch)
 
@@ -211,7 +244,8 @@ class DeviceClient:
         self.logger, self.csi = round_logger, csi or CSI
         self.transport, self.wire_counter = transport, wire_counter
         self.secret = ""  # the session secret from hello_ack, sent in every later message
-        self.chooser = UploadChooser(array_nbytes((1, int(drafter.config.hidden_size)), cfg.hidden_dtype))
+        self.wire_width = wire_width(int(drafter.config.hidden_size), cfg.hidden_wire_width)
+        self.chooser = UploadChooser(array_nbytes((1, self.wire_width), cfg.hidden_dtype))
 
     @classmethod
     def connect(cls, drafter: torch.nn.Module, endpoint: str, cfg: RunConfig, eos_token_id: int | None, *,
@@ -224,7 +258,7 @@ class DeviceClient:
         """Open the session and keep its secret for every later message."""
         c = self.cfg
         ack = self.transport.exchange(Hello(c.device_id, c.protocol, c.gamma, c.temperature, c.hidden_dtype, self.token,
-                                            c.seed), (HelloAck,), _stats())
+                                            c.seed, c.hidden_wire_width or 0), (HelloAck,), _stats())
         self.secret = ack.secret
         return ack
 
@@ -276,24 +310,24 @@ class DeviceClient:
             block.draft_ms, pad_ms = self.cfg.compute.device.charge(block.draft_ms, len(block.tokens), n_prefill,
                                                                      exact=self.transport.virtual)
             self.transport.compute(block.draft_ms, pad_ms)
-            upload = self.protocol.round_upload(self.chooser.choose, len(block.tokens), csi)
+            # the upload meets the channel in force once the draft is ready, not the round-start report
+            upload = self.protocol.round_upload(self.chooser.choose, len(block.tokens), self.csi())
             stats["upload"] = upload if upload != "none" else ""
             probs = block.probs if self.protocol.sends_probs(self.cfg.temperature) else None
-            hidden = block.hidden if upload == "all" else None
+            hidden = pad_rows(block.hidden, self.wire_width) if upload == "all" else None
             reply = self.transport.exchange(Draft(rid, rnd, block.tokens, csi.to_wire(), hidden, probs, self.secret),
                                             (Verdict, HiddenRequest), stats)
             if isinstance(reply, HiddenRequest):
                 if any(not 0 <= p < len(block.tokens) for p in reply.positions):
                     raise EdgeError("bad_request", f"edge asked for positions {reply.positions}")
-                rows = block.hidden[torch.tensor(reply.positions, dtype=torch.long)]
-                self.chooser.observe(True, len(reply.positions))
+                rows = pad_rows(block.hidden[torch.tensor(reply.positions, dtype=torch.long)], self.wire_width)
+                asked = len(reply.positions)
                 reply = self.transport.exchange(HiddenUpload(rid, rnd, reply.positions, rows, self.secret), (Verdict,),
                                                 stats)
-            elif upload == "mismatch":
-                self.chooser.observe(False)
+            else:
+                asked = 0
             v: Verdict = reply
-            if upload == "all":  # the verdict says whether this round had a mismatch
-                self.chooser.observe(v.first_mismatch >= 0)
+            self.chooser.observe(len(block.tokens), v.first_mismatch, asked)  # the verdict says where it differed
             new = block.tokens[: v.n_accepted] + [v.next_token]
             seq.extend(new)
             out.extend(new)
@@ -322,6 +356,23 @@ class DeviceClient:
         if self.logger is not None:
             self.logger.write(rec)
         return rec
+
+
+def wire_width(drafter_width: int, requested: int | None) -> int:
+    """Elements per drafter hidden row on the wire: ``requested`` (RunConfig.hidden_wire_width),
+    or the drafter's own width when None; ValueError when it is narrower than the drafter."""
+    if requested is None:
+        return drafter_width
+    if requested < drafter_width:
+        raise ValueError(f"hidden_wire_width {requested} is below the drafter's hidden width {drafter_width} "
+                         "(padding only widens rows)")
+    return int(requested)
+
+
+def pad_rows(rows: torch.Tensor, width: int) -> torch.Tensor:
+    """``rows`` [n, H] zero-padded on the right to [n, ``width``] (unchanged when already that
+    wide): what the wire carries when a wider drafter's link costs are emulated."""
+    return rows if rows.shape[-1] == width else torch.nn.functional.pad(rows, (0, width - rows.shape[-1]))
 
 
 def _stats() -> dict:

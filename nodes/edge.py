@@ -8,8 +8,9 @@ again, so retries are safe.
 
 Hostile input is bounded before anything is allocated from it: a prompt must fit the target's
 positions and :attr:`EdgeLimits.max_prompt_tokens`; array shapes are compared with the ones the
-session expects (γ or the requested positions × the head's drafter width, γ × vocabulary) before
-a byte is decoded. A session is bound to its hello: ``hello_ack`` returns a random secret that
+session expects (γ or the requested positions × the head's drafter width — or the wider
+``hidden_wire_width`` the hello announced, whose zero padding is dropped before the head —,
+γ × vocabulary) before a byte is decoded. A session is bound to its hello: ``hello_ack`` returns a random secret that
 every later message must carry, so a peer that takes over a device's ZeroMQ identity can neither
 read, advance, reset nor close its session. With CURVE, a ZAP handler (``zmq.auth``) admits only
 client keys from an allow-list.
@@ -84,6 +85,7 @@ class Session:
     secret: str = ""  # returned in hello_ack; every later message must carry it
     ident: bytes = b""  # the ZeroMQ identity that last used the session
     drafter_width: int | None = None  # drafter hidden rows the policy reads are this wide (None: it reads none)
+    wire_width: int | None = None  # ... and arrive this wide, zero-padded beyond drafter_width (hello.hidden_wire_width)
 
 
 class EdgeServer:
@@ -237,10 +239,11 @@ class EdgeServer:
             policy = None if protocol.edge_only else protocol.edge_policy(
                 h.temperature, self.head_dir, self.lambda_ms, pair={"target": self.identity, "drafter": None})
             width = drafter_hidden_width(policy)
+            wire_width = hidden_wire_width(width, h.hidden_wire_width)
         except (ValueError, FileNotFoundError) as e:
             raise WireError("bad_request", str(e)) from None
         s = Session(self._next_sid, h, protocol, Verifier(self.target), policy, secret=secrets.token_hex(16),
-                    ident=ident, drafter_width=width)
+                    ident=ident, drafter_width=width, wire_width=wire_width)
         s.generator.manual_seed((h.seed + 7) % (1 << 64))  # any int64 seed a peer sends is valid
         self._next_sid += 1
         self.sessions[s.secret] = s  # a new hello never touches another session, even from the same identity
@@ -294,8 +297,8 @@ class EdgeServer:
         if not 1 <= g <= longest or any(not 0 <= t < vocab for t in m.tokens):
             raise WireError("bad_request", f"draft must hold 1..{longest} token ids within the vocabulary")
         csi = csi_report(m.csi)
-        hidden = self._draft_array(env, "hidden", (g, s.drafter_width) if s.drafter_width else None,
-                                   "drafter hidden states")
+        hidden = unpad_rows(self._draft_array(env, "hidden", (g, s.wire_width) if s.drafter_width else None,
+                                              "drafter hidden states"), s.drafter_width)
         needs_probs = s.policy.needs_drafter_probs
         probs = self._draft_array(env, "probs", (g, vocab) if needs_probs else None, "drafter probabilities")
         if needs_probs and probs is None:
@@ -328,7 +331,7 @@ class EdgeServer:
                                            f"{r.pending.request_rows}, each once")
         if env.shape("hidden") is None or not s.drafter_width:
             raise WireError("bad_request", "hidden upload must hold one row per requested position")
-        rows = env.array("hidden", (len(positions), s.drafter_width))  # shape checked before decoding
+        rows = unpad_rows(env.array("hidden", (len(positions), s.wire_width)), s.drafter_width)  # shape checked first
         try:
             r.pending.supply_hidden(positions, torch.as_tensor(rows))
         except ValueError as e:
@@ -366,6 +369,32 @@ def drafter_hidden_width(policy: VerificationPolicy | None) -> int | None:
     if "drafter_hidden" not in dims:
         raise ValueError(f"policy {policy.name} reads drafter hidden states but states no width")
     return int(dims["drafter_hidden"])
+
+
+MAX_WIRE_WIDTH = 65536  # widest hidden row a hello may announce (elements)
+
+
+def hidden_wire_width(drafter_width: int | None, announced: int) -> int | None:
+    """Width of the drafter hidden rows on the wire for a session whose policy reads rows
+    ``drafter_width`` wide (None: it reads none): ``announced`` in the hello (0: no padding);
+    ValueError when it is narrower than the drafter's rows or wider than MAX_WIRE_WIDTH."""
+    if not 0 <= announced <= MAX_WIRE_WIDTH:
+        raise ValueError(f"hidden_wire_width {announced} outside 0..{MAX_WIRE_WIDTH}")
+    if drafter_width is None or announced == 0:
+        return drafter_width
+    if announced < drafter_width:
+        raise ValueError(f"hidden_wire_width {announced} is below the head's drafter width {drafter_width}")
+    return announced
+
+
+def unpad_rows(rows: np.ndarray | None, width: int | None) -> np.ndarray | None:
+    """Drafter hidden rows as the head reads them: the first ``width`` columns of ``rows``
+    [n, wire width]; WireError ``bad_request`` when the padding beyond them is not all zeros."""
+    if rows is None or width is None or rows.shape[1] == width:
+        return rows
+    if np.any(rows[:, width:]):
+        raise WireError("bad_request", f"hidden rows padded beyond the drafter's width {width} with non-zero values")
+    return np.ascontiguousarray(rows[:, :width])
 
 
 def csi_report(values: dict[str, float]) -> CSI:

@@ -54,7 +54,8 @@ class Message:
 @dataclass
 class Hello(Message):
     """Device → edge: open a session. ``protocol`` names the verification protocol; ``token``
-    is the shared secret when the edge requires one."""
+    is the shared secret when the edge requires one; ``hidden_wire_width``: drafter hidden rows
+    arrive zero-padded to this many elements (0: the drafter's own width, no padding)."""
 
     TYPE: ClassVar[str] = "hello"
     device_id: str
@@ -64,6 +65,7 @@ class Hello(Message):
     hidden_dtype: str = "f16"
     token: str = ""
     seed: int = 0
+    hidden_wire_width: int = 0
 
 
 @dataclass

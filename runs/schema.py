@@ -207,6 +207,11 @@ class Spec(Section):
                                     "the head's own)")
     temperature: float = Field(0.0, ge=0, le=10, description="0: greedy; > 0 samples (vanilla, ar-edge)")
     hidden_dtype: str = Field("f16", description=f"hidden states on the wire: {', '.join(WIRE_DTYPES)}")
+    hidden_wire_width: int | None = Field(None, ge=1, le=65536, description="elements per drafter hidden row on the "
+                                          "wire (null: the drafter's own width): the device zero-pads each uploaded "
+                                          "row to it and the edge drops the padding before the head, so link costs "
+                                          "are those of a drafter this wide (e.g. 2048 for Llama-3.2-1B); at least "
+                                          "the drafter's width")
     compute: Compute = Field(default_factory=Compute)
     models: Models = Field(default_factory=Models)
     head_dir: str | None = Field(None, description="folder of head-full/head-target.safetensors (null: shipped)")

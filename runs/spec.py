@@ -86,6 +86,7 @@ class RunSpec:
         t, c = v["task"], v["compute"]
         return RunConfig(run_id=run_id, protocol=self.protocols[0], gamma=v["gamma"], temperature=float(v["temperature"]),
                          hidden_dtype=v["hidden_dtype"], seed=v["seed"] + rep, lambda_ms=v["lambda_ms"],
+                         hidden_wire_width=v["hidden_wire_width"],
                          head_dir=None if v["head_dir"] is None else str(resolve_path(v["head_dir"], self.source)),
                          models=ModelConfig(**v["models"]),
                          task=TaskConfig(t["split"], t["problems"], t["start_index"] + rep * t["problems"],
@@ -269,6 +270,9 @@ def _check_pair(values: dict, source: str) -> None:
         protocols = PROTOCOLS.default_comparison() if values["protocols"] is None else values["protocols"]
         head_dir = None if values["head_dir"] is None else resolve_path(values["head_dir"], source)
         check_heads(protocols, head_dir, pair)
+        if values["hidden_wire_width"] is not None and values["hidden_wire_width"] < pair["drafter"]["hidden_size"]:
+            raise ValueError(f"hidden_wire_width {values['hidden_wire_width']} is below the drafter's hidden width "
+                             f"{pair['drafter']['hidden_size']} (padding only widens rows)")
     except (FileNotFoundError, ValueError) as e:
         raise SpecError(f"{source}: {e}") from None
 

@@ -90,9 +90,9 @@ def test_upload_chooser_follows_the_channel():
     fast = CSI(rate_up_mbps=100.0, delay_up_ms=20.0, delay_down_ms=20.0)
     assert c.choose(8, fast) == "all"      # bytes are cheap, a round is not
     assert c.choose(8, CSI(rate_up_mbps=0.5, delay_up_ms=5.0, delay_down_ms=5.0)) == "mismatch"  # 32 kB at 0.5 Mbit/s: 0.5 s
-    for _ in range(30):
-        c.observe(False)
-    assert c.p_mismatch < 0.01 and c.choose(8, fast) == "mismatch"
+    for _ in range(100):
+        c.observe(8, -1)
+    assert c.p_mismatch(8) < 0.01 and c.choose(8, fast) == "mismatch"
 
 
 def test_wisv_adaptive_switches_with_the_uplink(pair, tmp_path):
