@@ -174,23 +174,25 @@ def _errors(e: ValidationError, source: str) -> SpecError:
                      "lists every key)")
 
 
-def _validate(raw: dict, source: str) -> dict:
+def _validate(raw: dict, source: str, where: str | None = None) -> dict:
+    """The spec's values, validated; paths resolve against ``source``, errors name ``where``."""
+    where = where or source
     try:
         values = Spec.model_validate(raw).model_dump()
     except ValidationError as e:
-        raise _errors(e, source) from None
+        raise _errors(e, where) from None
     except ValueError as e:  # a protocol refusing the temperature
-        raise SpecError(f"{source}: {e}") from None
+        raise SpecError(f"{where}: {e}") from None
     t = values["trace"]
     if t["file"] is not None and not resolve_path(t["file"], source).exists():
-        raise SpecError(f"{source}: trace.file {t['file']!r} not found (looked beside the spec, in the repository "
+        raise SpecError(f"{where}: trace.file {t['file']!r} not found (looked beside the spec, in the repository "
                         f"and in {Path.cwd()})")
     task_file = values["task"]["file"]
     if task_file is not None and not resolve_path(task_file, source).is_file():
-        raise SpecError(f"{source}: task.file {task_file!r} not found")
+        raise SpecError(f"{where}: task.file {task_file!r} not found")
     for f in values["device_traces"] or []:
         if not resolve_path(f, source).exists():
-            raise SpecError(f"{source}: device_traces entry {f!r} not found")
+            raise SpecError(f"{where}: device_traces entry {f!r} not found")
     return values
 
 
@@ -222,38 +224,54 @@ def _combinations(sweep: dict, source: str) -> list[dict[str, Any]]:
 
 
 def _label(key: str, value: Any) -> str:
+    """``key=value`` for a run name: the key's last part(s); a file path by its name only (run
+    names are folder names)."""
+    if isinstance(value, str) and ("/" in value or "\\" in value):
+        value = Path(value).stem
     return f"{key.split('.')[-1] if key.count('.') < 2 else '.'.join(key.split('.')[-2:])}={value}"
 
 
 def load_spec(path: str | Path | None = None, overrides: dict | None = None) -> list[RunSpec]:
     """The resolved runs of a spec file (or of the defaults) with ``overrides`` merged in key by
-    key, sweeps expanded (grid order, then zip rows)."""
+    key, sweeps expanded (grid order, then zip rows). A file may hold several YAML documents
+    (``---``): each is a spec of its own, expanded on its own, and their runs form one
+    experiment (run names must differ)."""
     source = str(path) if path else "<defaults>"
-    raw: dict = {}
+    docs: list = [{}]
     if path:
         try:
-            raw = yaml.safe_load(Path(path).read_text()) or {}
+            docs = [d for d in yaml.safe_load_all(Path(path).read_text()) if d is not None] or [{}]
         except FileNotFoundError:
             raise SpecError(f"{path}: spec file not found") from None
         except yaml.YAMLError as e:
             raise SpecError(f"{path}: not valid YAML: {e}") from None
-        if not isinstance(raw, dict):
+        if not all(isinstance(d, dict) for d in docs):
             raise SpecError(f"{path}: a spec is a mapping of keys")
+    runs = [r for i, d in enumerate(docs)
+            for r in _expand(d, source, overrides, f"{source} (document {i + 1})" if len(docs) > 1 else source)]
+    names = [r.name for r in runs]
+    if len(set(names)) < len(names):
+        raise SpecError(f"{source}: run names repeat across documents (give each document its own name)")
+    return runs
+
+
+def _expand(raw: dict, source: str, overrides: dict | None, where: str) -> list[RunSpec]:
+    """The runs of one spec document; ``where`` names it in errors."""
     raw = deep_merge(raw, overrides or {})
     sweep = raw.pop("sweep", None) or {}
     if not isinstance(sweep, dict):
-        raise SpecError(f"{source}: sweep must be a mapping (grid: …, zip: …)")
+        raise SpecError(f"{where}: sweep must be a mapping (grid: …, zip: …)")
     if set(sweep) - {"grid", "zip"}:  # the short form: sweep: {gamma: [2, 4]} is a grid
         short = {k: v for k, v in sweep.items() if k not in ("grid", "zip")}
         sweep = {"grid": {**(sweep.get("grid") or {}), **short}, "zip": sweep.get("zip") or {}}
-    base = _validate(raw, source)
+    base = _validate(raw, source, where)
     _check_pair(base, source)
     runs = []
-    for swept in _combinations(sweep, source):
+    for swept in _combinations(sweep, where):
         r = copy.deepcopy(raw)
         for k, v in swept.items():
             _set(r, k, v)
-        values = _validate(r, source) if swept else base
+        values = _validate(r, source, where) if swept else base
         name = "-".join([values["name"], *(_label(k, v) for k, v in swept.items())])
         runs.append(RunSpec(name, values, source, swept))
     return runs

@@ -26,6 +26,7 @@ def test_paper_spec_expands_every_document(tmp_path, monkeypatch):
     runs = load_spec(SPEC)
     names = [r.name for r in runs]
     assert len(names) == len(set(names)) == 4 * 4 * 2 + 2 * 2 + 6
+    assert not any("/" in n for n in names)  # run names are folder names: a trace path by its name only
     assert all(r.repetitions >= 3 for r in runs)
     assert {"wisv-full", "wisv-selective", "wisv-adaptive", "wisv-target", "oracle", "vanilla"} <= set(runs[0].protocols)
     assert {r.values["trace"]["generate"]["preset"] for r in runs if r.values["trace"]["generate"]} >= \
