@@ -85,16 +85,19 @@ class UploadChooser:
 
     The chance of a mismatch grows with the draft's length: a draft token differs from the
     target's choice with probability ``p_token`` (failures per token tried up to the first
-    mismatch, exponentially averaged over rounds), so a round of g tokens has one with
-    1 − (1 − p_token)^g — a short last round rarely needs the second exchange.
+    mismatch, averaged over rounds: a running mean at first, exponential with weight ``alpha``
+    later), so a round of g tokens has one with 1 − (1 − p_token)^g — a short last round rarely
+    needs the second exchange.
     ``bytes_per_row``: one row on the wire (wire dtype × wire width)."""
 
     bytes_per_row: int
     alpha: float = 0.05  # slow: a round's mismatch says little about the next one's (benchmarks/upload_crossover.py)
     p_token: float = 0.15
     rows_per_mismatch: float = 1.0
-    _failures: float = 0.15  # exponentially averaged mismatches per round …
+    _failures: float = 0.15  # averaged mismatches per round …
     _tried: float = 1.0  # … and draft tokens tried per round (up to and including the first mismatch)
+    _rounds: int = 0  # rounds observed (the prior counts as one)
+    _asked: int = 0  # rounds whose rows the edge asked for
 
     def p_mismatch(self, gamma: int) -> float:
         """Chance that a round of ``gamma`` draft tokens has a mismatch (0–1)."""
@@ -114,11 +117,14 @@ class UploadChooser:
         """Update the statistics with a finished round of ``drafted`` tokens: its first mismatch
         (−1: none) and, when the edge asked for them, how many rows it requested."""
         mismatch = 0 <= first_mismatch < drafted
-        self._failures += self.alpha * (float(mismatch) - self._failures)
-        self._tried += self.alpha * ((first_mismatch + 1 if mismatch else drafted) - self._tried)
+        self._rounds += 1
+        w = max(self.alpha, 1.0 / (self._rounds + 1))  # a running mean until 1/alpha rounds, then exponential
+        self._failures += w * (float(mismatch) - self._failures)
+        self._tried += w * ((first_mismatch + 1 if mismatch else drafted) - self._tried)
         self.p_token = min(1.0, self._failures / max(self._tried, 1e-9))
         if rows:
-            self.rows_per_mismatch += self.alpha * (rows - self.rows_per_mismatch)
+            self._asked += 1
+            self.rows_per_mismatch += max(self.alpha, 1.0 / (self._asked + 1)) * (rows - self.rows_per_mismatch)
 
 
 def matches(sent: Message, reply: Message) -> bool:

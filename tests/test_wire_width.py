@@ -152,3 +152,22 @@ def test_upload_chooser_expects_fewer_mismatches_in_shorter_drafts():
     # (0.64 × 25 ms); one row (5 ms) costs less than an unlikely one (0.23 × 25 ms)
     slow = CSI(rate_up_mbps=7.0, delay_up_ms=10.0, delay_down_ms=10.0)
     assert c.choose(4, slow) == "mismatch" and c.choose(1, slow) == "all"
+
+
+def test_crossover_interpolates_where_selective_stops_paying():
+    from benchmarks.upload_crossover import crossover
+
+    def row(axis, x, ratio, predicted, adaptive_lo):
+        return {"axis": axis, "x": x, "hidden_dtype": "f16", "hidden_wire_width": WIDE, "gamma": 4,
+                "ratio": ratio, "ratio_lo": ratio - 0.05, "ratio_hi": ratio + 0.05, "predicted_ratio": predicted,
+                "adaptive_ratio": adaptive_lo + 0.01, "adaptive_ratio_lo": adaptive_lo, "adaptive_ratio_hi": adaptive_lo + 0.02}
+
+    snr = [row("snr_db", -5, 0.6, 0.7, 0.98), row("snr_db", 5, 0.8, 0.9, 0.99), row("snr_db", 15, 1.2, 1.1, 0.99)]
+    rate = [{**row("rate_mbps", r, q, q, lo), "rtt_ms": 20.0} for r, q, lo in ((1, 0.5, 0.99), (100, 1.5, 1.01))]
+    res = crossover(snr + rate)
+    s, r = res["curves"]["snr_db:f16/w2048/g4"], res["curves"]["rate_mbps:f16/w2048/g4/rtt20"]
+    assert s["measured"] == pytest.approx(10.0) and s["predicted"] == pytest.approx(10.0)  # linear in dB
+    assert s["selective_pays"] == [-5, 5] and s["full_pays"] == [15] and s["adaptive_ok"]
+    assert r["measured"] == pytest.approx(10.0)  # geometric mean of 1 and 100: interpolated in log rate
+    assert r["adaptive_worse_at"] == [100] and not res["adaptive_ok_everywhere"]
+    assert res["adaptive_worst"]["setting"].startswith("rate_mbps")
