@@ -97,12 +97,13 @@ class EdgeServer:
     def __init__(self, target: torch.nn.Module, eos_token_id: int | None, bind: str | None = "tcp://0.0.0.0:5555",
                  limits: EdgeLimits = EdgeLimits(), token: str = "", head_dir: str | None = None,
                  curve_secret_key: bytes | None = None, profile: ComputeProfile = ComputeProfile(),
-                 lambda_ms: float | None = None, curve_allow: str | os.PathLike | None = None):
-        """``curve_allow``: with ``curve_secret_key``, the folder of allowed client public keys
-        (``*.key`` certificates), or ``zmq.auth.CURVE_ALLOW_ANY`` to admit any client key; CURVE
+                 lambda_ms: float | None = None, curve_allow: str | os.PathLike | None = None, oracle=None):
+        """``oracle``: a :class:`nodes.oracle.AnswerOracle` for the run's task (the ``oracle``
+        protocol is refused without one). ``curve_allow``: with ``curve_secret_key``, the folder
+        of allowed client public keys (``*.key`` certificates), or ``zmq.auth.CURVE_ALLOW_ANY`` to admit any client key; CURVE
         without one of them is refused (ValueError)."""
         self.target, self.eos, self.limits, self.token = target, eos_token_id, limits, token
-        self.profile, self.lambda_ms, self.head_dir = profile, lambda_ms, head_dir
+        self.profile, self.lambda_ms, self.head_dir, self.oracle = profile, lambda_ms, head_dir, oracle
         self.identity = model_identity(target.config)  # what a decision head must belong to
         self.sock = None
         self.endpoint = ""
@@ -237,7 +238,8 @@ class EdgeServer:
             raise WireError("too_many_sessions", f"the edge serves at most {self.limits.max_sessions} devices")
         try:
             policy = None if protocol.edge_only else protocol.edge_policy(
-                h.temperature, self.head_dir, self.lambda_ms, pair={"target": self.identity, "drafter": None})
+                h.temperature, self.head_dir, self.lambda_ms, pair={"target": self.identity, "drafter": None},
+                oracle=self.oracle)
             width = drafter_hidden_width(policy)
             wire_width = hidden_wire_width(width, h.hidden_wire_width)
         except (ValueError, FileNotFoundError) as e:
@@ -274,6 +276,10 @@ class EdgeServer:
             out = autoregressive_generate(s.verifier.lm, m.prompt, m.max_new_tokens, self.eos)
             return encode(Result(m.request_id, out, (time.perf_counter() - t0) * 1000.0))
         s.verifier.reset()
+        try:
+            s.policy.start_request(m.request_id, m.prompt, m.max_new_tokens)
+        except ValueError as e:  # e.g. the oracle knows no such problem
+            raise WireError("bad_request", str(e)) from None
         s.request = Request(m.request_id, list(m.prompt), len(m.prompt), m.max_new_tokens)
         return encode(StartAck(m.request_id))
 
