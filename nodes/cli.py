@@ -170,6 +170,7 @@ def cmd_edge(a: argparse.Namespace) -> int:
     _threads(a)
     from nodes.edge import EdgeLimits, EdgeServer
     from nodes.models import load_models
+    from nodes.oracle import AnswerOracle
 
     cfg = config_from_args(a)
     secret, allow = _edge_curve(a)
@@ -177,7 +178,8 @@ def cmd_edge(a: argparse.Namespace) -> int:
     server = EdgeServer(pair.target, pair.eos_token_id, a.bind, EdgeLimits(max_gamma=a.max_gamma,
                         max_sessions=a.max_sessions, max_message_bytes=a.max_message_bytes,
                         max_prompt_tokens=a.max_prompt_tokens), a.token, cfg.head_dir,
-                        curve_secret_key=secret, profile=cfg.compute.edge, lambda_ms=cfg.lambda_ms, curve_allow=allow)
+                        curve_secret_key=secret, profile=cfg.compute.edge, lambda_ms=cfg.lambda_ms, curve_allow=allow,
+                        oracle=AnswerOracle(pair.target, pair.tokenizer, pair.eos_token_id, cfg.task))
     signal.signal(signal.SIGTERM, lambda *_: server.stop())
     logging.getLogger(__name__).info("edge serving on %s", server.endpoint)
     sys.stdout.write(f"ready {server.endpoint}\n")
