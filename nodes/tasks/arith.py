@@ -36,19 +36,22 @@ ANSWER = ["The answer is {r} .", "So the final count is {r} ."]
 RULE_PROB = 0.8
 
 
-def _pick(rng: random.Random, options: list[str], rule: int) -> str:
-    """The phrasing the style rule names (index ``rule``), or a random one with prob. 1 − RULE_PROB."""
-    if rng.random() < RULE_PROB:
+def _pick(rng: random.Random, options: list[str], rule: int, rule_prob: float = RULE_PROB) -> str:
+    """The phrasing the style rule names (index ``rule``), or a random one with prob. 1 − ``rule_prob``."""
+    if rng.random() < rule_prob:
         return options[rule % len(options)]
     return rng.choice(options)
 
 
 @dataclass(frozen=True)
 class ArithTask:
-    """The built-in task. ``n_steps_max``: 1–3 operations after the starting amount."""
+    """The built-in task. ``n_steps_max``: 1–3 operations after the starting amount.
+    ``rule_prob``: how often a phrasing follows its style rule (0: phrasing at random, a
+    *style-blind* variant for training a drafter that does not share the target's wording)."""
 
     n_steps_max: int = 3
     name: str = "arith"
+    rule_prob: float = RULE_PROB
 
     def problem(self, split: str, index: int) -> Problem:
         """Problem ``index`` of ``split`` (``train``, ``validation`` or ``test``), deterministic."""
@@ -63,12 +66,12 @@ class ArithTask:
         q = [f"{name} has {value} {item} ."]
         name_idx = [n for n, _ in NAMES].index(name)
         item_idx = ITEMS.index(item)
-        sol = [_pick(rng, START, name_idx).format(N=name, a=value, I=item)]
+        sol = [_pick(rng, START, name_idx, self.rule_prob).format(N=name, a=value, I=item)]
         first = True
         for step in range(n_ops):
             op = rng.choice(["+", "-", "x2"] if value <= 50 else ["-", "+"] if value < MAX_NUMBER - 15 else ["-"])
-            lead = pron.capitalize() if first else _pick(rng, THEN, item_idx + step) + " " + pron
-            conn = _pick(rng, CONNECT, value)
+            lead = pron.capitalize() if first else _pick(rng, THEN, item_idx + step, self.rule_prob) + " " + pron
+            conn = _pick(rng, CONNECT, value, self.rule_prob)
             if op == "+":
                 b = rng.randint(1, min(15, MAX_NUMBER - value))
                 verb, ing = rng.choice(GAIN)
@@ -88,7 +91,7 @@ class ArithTask:
             value = new
             first = False
         q.append(f"How many {item} does {name} have now ?")
-        sol.append(_pick(rng, ANSWER, value).format(r=value))
+        sol.append(_pick(rng, ANSWER, value, self.rule_prob).format(r=value))
         sol.append(f"#### {value}")
         prompt = "Question : " + " ".join(q) + " Answer :"
         return Problem(uid=f"{self.name}-{split}-{index}", prompt=prompt, solution=" " + " ".join(sol),
@@ -99,8 +102,10 @@ class ArithTask:
         return [self.problem(split, i) for i in range(start, start + n)]
 
     def iter_train(self, start: int = 0) -> Iterator[Problem]:
-        """Endless training problems, skipping any whose question appears in validation/test."""
-        held_out = {p.prompt for s in ("validation", "test") for p in self.problems(s, 1000)}
+        """Endless training problems, skipping any whose question appears in validation/test
+        (of this task and of its default-phrasing variant, on which models are evaluated)."""
+        default = ArithTask(self.n_steps_max, self.name)
+        held_out = {p.prompt for t in {self, default} for s in ("validation", "test") for p in t.problems(s, 1000)}
         i = start
         while True:
             p = self.problem("train", i)
