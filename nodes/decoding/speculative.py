@@ -44,10 +44,11 @@ class DraftBlock:
 
 
 class Drafter:
-    """Device side: drafts γ tokens with a persistent KV cache, rolls back after each verdict."""
+    """Device side: drafts γ tokens with a persistent KV cache, rolls back after each verdict
+    (``lean=False``: through the transformers decoder, see :class:`CachedLM`)."""
 
-    def __init__(self, model: torch.nn.Module, sampling: SamplingConfig = SamplingConfig()):
-        self.lm = CachedLM(model)
+    def __init__(self, model: torch.nn.Module, sampling: SamplingConfig = SamplingConfig(), lean: bool = True):
+        self.lm = CachedLM(model, lean)
         self.sampling = sampling
         self.generator = torch.Generator().manual_seed(sampling.seed + 1)
 
@@ -84,10 +85,11 @@ class Drafter:
 
 
 class Verifier:
-    """Edge side: one target forward over the draft; returns logits and hidden states."""
+    """Edge side: one target forward over the draft; returns logits and hidden states
+    (``lean=False``: through the transformers decoder, see :class:`CachedLM`)."""
 
-    def __init__(self, model: torch.nn.Module):
-        self.lm = CachedLM(model)
+    def __init__(self, model: torch.nn.Module, lean: bool = True):
+        self.lm = CachedLM(model, lean)
 
     def reset(self) -> None:
         """Start a new request."""
