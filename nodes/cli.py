@@ -314,13 +314,15 @@ def register_node(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_head_mine(a: argparse.Namespace) -> int:
+    _threads(a)
+    from nodes.config import ModelConfig, TaskConfig
     from nodes.mining import mine
-    from nodes.models import load_pair
+    from nodes.models import load_models
 
-    from nodes.config import TaskConfig
-
-    m = mine(load_pair(a.drafter, a.target), Path(a.output), a.problems, a.gamma, max_new_tokens=a.max_new_tokens,
-             task=TaskConfig(split="train", kind=a.task, file=a.task_file, chat_template=a.chat_template))
+    pair = load_models(ModelConfig(a.drafter, a.target, a.device, a.device, a.dtype, a.dtype))
+    m = mine(pair, Path(a.output), a.problems, a.gamma, shard_size=a.shard_size, max_new_tokens=a.max_new_tokens,
+             task=TaskConfig(split="train", kind=a.task, file=a.task_file, chat_template=a.chat_template),
+             batch_size=a.batch_size, progress=not a.no_progress)
     sys.stdout.write(json.dumps({k: m[k] for k in ("labelled", "seconds", "seconds_per_label")}) + "\n")
     return 0
 
@@ -348,6 +350,12 @@ def register_head(sub: argparse._SubParsersAction) -> argparse._SubParsersAction
     m.add_argument("--drafter", help="drafter model folder (default: the shipped pair)")
     m.add_argument("--target", help="target model folder (default: the shipped pair)")
     m.add_argument("--max-new-tokens", type=int, default=128, help="longest continuation, tokens")
+    m.add_argument("--dtype", choices=["fp32", "bf16", "fp16"], default="fp32", help="both models' weights dtype")
+    m.add_argument("--device", default="cpu", help="both models' torch device: cpu, cuda, cuda:N")
+    m.add_argument("--batch-size", type=int, default=16, help="sequences per forward (problems, rollouts)")
+    m.add_argument("--shard-size", type=int, default=50, help="problems per shard (the unit of resumption)")
+    m.add_argument("--threads", type=int, help="torch CPU threads (default: torch's)")
+    m.add_argument("--no-progress", action="store_true", help="no progress bar (the per-shard log lines remain)")
     add_task_args(m)
     m.set_defaults(func=cmd_head_mine)
     t = hs.add_parser("train", help="train heads, compare channel-aware schemes, write head files")

@@ -2,12 +2,23 @@
 
 Greedy speculative decoding runs on the task's training split. At each round's first mismatch
 (draft token d where the target would write t), the draft token is substituted and the target
-continues greedily to the end; the mismatch is *important* if the outcome (the final answer, or
-whether a code task's tests pass) differs from the target's own or is wrong, *harmless*
-otherwise. Decoding then goes on with t, so the
-trajectory stays the target's. Per mismatch we keep: problem, output position, both tokens, the
-target's hidden state that predicts the token, the drafter's hidden state that produced d, the
-target probabilities of d and t, and the entropy.
+continues greedily to the end (nothing follows a substituted EOS); the mismatch is *important*
+if the outcome (the final answer, or whether a code task's tests pass) differs from the
+target's own or is wrong, *harmless* otherwise. Decoding then goes on with t, so the trajectory
+stays the target's. Per mismatch we keep: problem, output position, both tokens, the target's
+hidden state that predicts the token, the drafter's hidden state that produced d, the target
+probabilities of d and t, and the entropy.
+
+Because the trajectory is the target's own greedy output ``ref``, the rounds need no decoding
+loop (:func:`mine_batch`): one teacher-forced forward of each model over ``prompt + ref`` gives
+the drafter's greedy choice and both hidden states at every output position. A round starting
+at position s drafts s .. s+γ-1 (bounded by the token budget, ending after a drafted EOS); its
+first mismatch j is the first position where the drafter's choice after ``ref[:j]`` is not
+``ref[j]``; the next round starts at j+1, or at s+γ+1 when the whole window matched. The
+reference outputs and the substituted rollouts (one per mismatch, each to its own remaining
+budget) are batched greedy decodings (:mod:`nodes.batched`). :func:`mine_problem` is the same
+definition run round by round with the decoding core: the readable reference that tests hold the
+batched miner to (fp32 padded batches may flip exact near-ties of the greedy choice).
 
 Storage: one shard per block of problems (``shard-XXXXX.safetensors`` for the hidden states,
 ``shard-XXXXX.parquet`` for the rest) and ``manifest.json`` listing finished shards, so an
@@ -24,88 +35,181 @@ import numpy as np
 import pandas as pd
 import torch
 
+from nodes.batched import greedy_batch, hidden_batch, logits_of
+from nodes.config import TaskConfig
 from nodes.decoding import Drafter, ExactMatch, Verifier, autoregressive_generate, verify_round
 from nodes.evaluate import encode_prompt
 from nodes.models import ModelPair, model_identity
-from nodes.config import TaskConfig
 
 log = logging.getLogger(__name__)
 
 
+def _row(position: int, dtok: int, ttok: int, target_logits: torch.Tensor, target_hidden: torch.Tensor,
+         drafter_hidden: torch.Tensor, important: bool) -> dict:
+    """One label row: the target's probabilities of both tokens and its entropy, both hidden states."""
+    p = torch.softmax(target_logits.float(), -1)
+    return {"position": position, "draft_token": dtok, "target_token": ttok, "p_draft": float(p[dtok]),
+            "p_top": float(p[ttok]), "entropy": float(-(p * torch.log(p.clamp_min(1e-20))).sum()),
+            "important": important, "target_hidden": target_hidden.float().cpu().numpy(),
+            "drafter_hidden": drafter_hidden.float().cpu().numpy()}
+
+
+def _important(task, text: str, problem, ref_outcome) -> bool:
+    return bool(task.outcome(text, problem) != ref_outcome or not task.correct(text, problem))
+
+
 def mine_problem(pair: ModelPair, prompt: list[int], problem, gamma: int, max_new_tokens: int,
                  task=None) -> list[dict]:
-    """Labelled first mismatches of one problem (see module docstring); ``task`` judges the
-    outcome of an output (default: the built-in task's final answer)."""
+    """Labelled first mismatches of one problem, round by round with the decoding core (the
+    reference definition, see the module docstring; :func:`mine_batch` is the fast path);
+    ``task`` judges the outcome of an output (default: the built-in task's final answer)."""
     task = task or TaskConfig().make()
     d, v = Drafter(pair.drafter), Verifier(pair.target)
     d.reset()
     v.reset()
     seq = list(prompt)
-    tok = pair.tokenizer
-    ref = autoregressive_generate(pair.target, prompt, max_new_tokens, pair.eos_token_id)
+    tok, eos = pair.tokenizer, pair.eos_token_id
+    ref = autoregressive_generate(pair.target, prompt, max_new_tokens, eos)
     ref_outcome = task.outcome(tok.decode(ref, skip_special_tokens=True), problem)
     rows = []
-    exact = ExactMatch()
     while len(seq) - len(prompt) < max_new_tokens:
-        block = d.draft(seq, gamma, pair.eos_token_id)
-        r = verify_round(v, exact, seq, block.tokens)
+        block = d.draft(seq, min(gamma, max_new_tokens - (len(seq) - len(prompt))), eos)
+        r = verify_round(v, ExactMatch(), seq, block.tokens)
         first = r.decision.first_mismatch
         if first is not None:
             dtok, ttok = block.tokens[first], r.decision.next_token
-            prefix = seq + block.tokens[:first]
-            alt = autoregressive_generate(pair.target, prefix + [dtok], max_new_tokens - (len(prefix) - len(prompt)) - 1,
-                                          pair.eos_token_id)
-            alt_text = tok.decode(prefix[len(prompt):] + [dtok] + alt, skip_special_tokens=True)
-            p = torch.softmax(r.ctx.target_logits[first].float(), -1)
-            rows.append({"position": len(prefix) - len(prompt), "draft_token": dtok, "target_token": ttok,
-                         "p_draft": float(p[dtok]), "p_top": float(p[ttok]),
-                         "entropy": float(-(p * torch.log(p.clamp_min(1e-20))).sum()),
-                         "important": bool(task.outcome(alt_text, problem) != ref_outcome
-                                           or not task.correct(alt_text, problem)),
-                         "target_hidden": r.ctx.target_hidden[first].float().numpy(),
-                         "drafter_hidden": block.hidden[first].float().numpy()})
+            prefix = seq + block.tokens[:first] + [dtok]
+            budget = max_new_tokens - (len(prefix) - len(prompt))
+            alt = [] if dtok == eos or budget <= 0 else autoregressive_generate(pair.target, prefix, budget, eos)
+            text = tok.decode(prefix[len(prompt):] + alt, skip_special_tokens=True)
+            rows.append(_row(len(prefix) - 1 - len(prompt), dtok, ttok, r.ctx.target_logits[first],
+                             r.ctx.target_hidden[first], block.hidden[first], _important(task, text, problem, ref_outcome)))
         new = r.new_tokens
         seq.extend(new)
         v.commit(len(seq))
         d.commit(len(seq))
-        if pair.eos_token_id in new:
+        if eos in new:
             break
     return rows
 
 
+def first_mismatches(ref: list[int], choice: list[int], gamma: int, max_new_tokens: int,
+                     eos_token_id: int | None) -> list[int]:
+    """Output positions of each round's first mismatch on the target's trajectory ``ref``, where
+    ``choice[j]`` is the drafter's greedy token after ``ref[:j]`` (rounds as in the module docstring)."""
+    out, s = [], 0
+    while s < min(len(ref), max_new_tokens):
+        end = min(s + gamma, max_new_tokens)
+        for j in range(s, end):
+            if choice[j] != ref[j]:
+                out.append(j)
+                s = j + 1
+                break
+            if ref[j] == eos_token_id:  # a drafted EOS that stands ends the output
+                return out
+        else:
+            s = end + 1
+    return out
+
+
+def _chunks(items: list, n: int):
+    for i in range(0, len(items), n):
+        yield items[i:i + n]
+
+
+def mine_batch(pair: ModelPair, prompts: list[list[int]], problems: list, gamma: int, max_new_tokens: int,
+               task=None, batch_size: int = 16) -> list[list[dict]]:
+    """Labelled first mismatches of each problem (the rows of :func:`mine_problem`), with at most
+    ``batch_size`` sequences per forward: batched reference outputs, one teacher-forced forward
+    per model and sequence, batched substituted rollouts."""
+    task = task or TaskConfig().make()
+    tok, eos = pair.tokenizer, pair.eos_token_id
+    pad = tok.pad_token_id if tok.pad_token_id is not None else (eos or 0)
+    refs: list[list[int]] = []
+    for idx in _chunks(list(range(len(prompts))), batch_size):
+        refs += greedy_batch(pair.target, [prompts[i] for i in idx], [max_new_tokens] * len(idx), eos, pad)
+    full = [p + r for p, r in zip(prompts, refs)]
+    found = []  # (problem index, position, drafter hidden) of every first mismatch
+    choices: dict[int, list[int]] = {}
+    for idx in _chunks(list(range(len(prompts))), batch_size):
+        for i, h in zip(idx, hidden_batch(pair.drafter, [full[i] for i in idx], pad)):
+            n = len(prompts[i])
+            choice = logits_of(pair.drafter, h[n - 1: n - 1 + len(refs[i])]).argmax(-1).tolist()
+            choices[i] = choice
+            found += [(i, j, h[n - 1 + j]) for j in first_mismatches(refs[i], choice, gamma, max_new_tokens, eos)]
+    with_labels = sorted({i for i, _, _ in found})
+    target_h: dict[int, torch.Tensor] = {}
+    for idx in _chunks(with_labels, batch_size):
+        target_h.update(zip(idx, hidden_batch(pair.target, [full[i] for i in idx], pad)))
+    # Rollouts ordered by how much output is left, so the rows of one batch end together.
+    order = sorted(range(len(found)), key=lambda k: len(refs[found[k][0]]) - found[k][1], reverse=True)
+    alts: dict[int, list[int]] = {}
+    for ks in _chunks(order, batch_size):
+        heads = [full[found[k][0]][: len(prompts[found[k][0]]) + found[k][1]] + [choices[found[k][0]][found[k][1]]]
+                 for k in ks]
+        budgets = [0 if choices[found[k][0]][found[k][1]] == eos else max_new_tokens - found[k][1] - 1 for k in ks]
+        alts.update(zip(ks, greedy_batch(pair.target, heads, budgets, eos, pad)))
+    outcomes = [task.outcome(tok.decode(r, skip_special_tokens=True), p) for r, p in zip(refs, problems)]
+    rows: list[list[dict]] = [[] for _ in prompts]
+    for k, (i, j, dh) in enumerate(found):
+        n, dtok = len(prompts[i]), choices[i][j]
+        th = target_h[i][n - 1 + j]
+        text = tok.decode(refs[i][:j] + [dtok] + alts[k], skip_special_tokens=True)
+        rows[i].append(_row(j, dtok, refs[i][j], logits_of(pair.target, th[None])[0], th, dh,
+                            _important(task, text, problems[i], outcomes[i])))
+    return rows
+
+
+def _check_manifest(manifest: dict, here: dict, out_dir: Path) -> None:
+    """ValueError when ``out_dir`` holds labels mined otherwise (another pair, γ, budget or task)."""
+    if manifest.get("pair") and manifest["pair"] != here["pair"]:
+        raise ValueError(f"{out_dir} holds labels mined with another drafter/target pair; mine into a new folder")
+    for k in ("gamma", "max_new_tokens", "task", "task_file", "split", "chat_template"):
+        if k in manifest and manifest[k] != here[k]:
+            raise ValueError(f"{out_dir} holds labels mined with {k} = {manifest[k]!r}, not {here[k]!r}; "
+                             f"mine into a new folder")
+
+
 def mine(pair: ModelPair, out_dir: Path, n_problems: int, gamma: int = 4, shard_size: int = 50,
-         max_new_tokens: int = 128, progress: bool = True, task: TaskConfig | None = None) -> dict:
+         max_new_tokens: int = 128, progress: bool = True, task: TaskConfig | None = None,
+         batch_size: int = 16) -> dict:
     """Mine ``n_problems`` problems of the task (default: the built-in task's training split)
-    into ``out_dir`` (resumable); returns the manifest."""
+    into ``out_dir`` (resumable, one shard per ``shard_size`` problems, ``batch_size`` sequences
+    per forward); logs each shard's labels, seconds per label and the time left; returns the
+    manifest (``seconds``: mining time, s)."""
     task = task or TaskConfig(split="train")
     from safetensors.numpy import save_file
 
     out_dir.mkdir(parents=True, exist_ok=True)
     man_path = out_dir / "manifest.json"
-    manifest = json.loads(man_path.read_text()) if man_path.exists() else {
-        "version": 1, "task": task.kind, "task_file": task.file, "split": task.split, "gamma": gamma, "shards": [],
-        "seconds": 0.0, "labelled": 0,
-        "pair": {"drafter": model_identity(pair.drafter.config), "target": model_identity(pair.target.config)}}
-    here = {"drafter": model_identity(pair.drafter.config), "target": model_identity(pair.target.config)}
-    if manifest.get("pair") and manifest["pair"] != here:
-        raise ValueError(f"{out_dir} holds labels mined with another drafter/target pair; mine into a new folder")
+    here = {"version": 1, "task": task.kind, "task_file": task.file, "split": task.split,
+            "chat_template": task.chat_template, "gamma": gamma, "max_new_tokens": max_new_tokens,
+            "pair": {"drafter": model_identity(pair.drafter.config), "target": model_identity(pair.target.config)}}
+    manifest = json.loads(man_path.read_text()) if man_path.exists() else {**here, "shards": [], "seconds": 0.0,
+                                                                            "labelled": 0}
+    _check_manifest(manifest, here, out_dir)
     done = {s["start"] for s in manifest["shards"]}
     judge = task.make()
     starts = [s for s in range(0, n_problems, shard_size) if s not in done]
+    todo = sum(min(shard_size, n_problems - s) for s in starts)
     bar = None
     if progress:
         from tqdm import tqdm
 
-        bar = tqdm(total=n_problems, initial=n_problems - len(starts) * shard_size, unit="problem", desc="mining")
+        bar = tqdm(total=n_problems, initial=n_problems - todo, unit="problem", desc="mining")
+    t_run, mined = time.perf_counter(), 0
     for start in starts:
         t0 = time.perf_counter()
-        rows = []
         end = min(start + shard_size, n_problems)
-        for i, p in zip(range(start, end), judge.problems(task.split, end - start, task.start_index + start)):
-            for r in mine_problem(pair, encode_prompt(pair, p, task.chat_template), p, gamma, max_new_tokens, judge):
-                rows.append({"problem": i, **r})
+        probs = judge.problems(task.split, end - start, task.start_index + start)
+        rows = []
+        for idx in _chunks(list(range(len(probs))), batch_size):
+            ps = [probs[k] for k in idx]
+            got = mine_batch(pair, [encode_prompt(pair, p, task.chat_template) for p in ps], ps, gamma,
+                             max_new_tokens, judge, batch_size)
+            rows += [{"problem": start + k, **r} for k, rs in zip(idx, got) for r in rs]
             if bar:
-                bar.update(1)
+                bar.update(len(idx))
         name = f"shard-{start:05d}"
         if rows:
             save_file({"target_hidden": np.stack([r.pop("target_hidden") for r in rows]),
@@ -117,6 +221,10 @@ def mine(pair: ModelPair, out_dir: Path, n_problems: int, gamma: int = 4, shard_
         manifest["seconds"] += secs
         manifest["labelled"] += len(rows)
         man_path.write_text(json.dumps(manifest, indent=2) + "\n")  # written last: a shard counts once complete
+        mined += end - start
+        left = (time.perf_counter() - t_run) / mined * (todo - mined)
+        log.info("%s: problems %d-%d, %d labels, %.3f s/label, %.0f s left (estimated)", name, start, end - 1,
+                 len(rows), secs / max(1, len(rows)), left)
     if bar:
         bar.close()
     manifest["seconds_per_label"] = manifest["seconds"] / max(1, manifest["labelled"])

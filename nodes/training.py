@@ -16,26 +16,30 @@ from pathlib import Path
 
 import torch
 
-from nodes.tasks.arith import RULE_PROB, ArithTask
+from nodes.tasks.arith import ArithTask
 
 log = logging.getLogger(__name__)
 SPECIALS = ["<pad>", "<bos>", "<eos>", "<unk>"]
 
 
+ARCHS = {"llama": ("LlamaConfig", "LlamaForCausalLM"), "qwen2": ("Qwen2Config", "Qwen2ForCausalLM")}
+
+
 @dataclass
 class ArchSpec:
-    """Llama architecture sizes."""
+    """Architecture sizes; ``family`` names the transformers architecture (:data:`ARCHS`:
+    Llama, or Qwen2 with its biased q/k/v projections)."""
 
     hidden_size: int
     intermediate_size: int
     num_hidden_layers: int
     num_attention_heads: int
+    family: str = "llama"
 
 
 @dataclass
 class TrainSpec:
-    """One model's training run. ``rule_prob``: how often the training solutions' phrasing
-    follows the task's style rules (:class:`ArithTask`; 0 = style-blind, phrasing at random)."""
+    """One model's training run."""
 
     arch: ArchSpec
     steps: int
@@ -43,21 +47,14 @@ class TrainSpec:
     lr: float = 3e-3
     warmup: int = 50
     seed: int = 0
-    rule_prob: float = RULE_PROB
 
 
 @dataclass
 class PairSpec:
-    """The default pair: the target is much larger than the drafter (same tokenizer). It stands
-    in for Llama-3.2-1B-Instruct drafting for Llama-3.1-8B-Instruct on GSM8K: step counts set the
-    accuracies (44.4 % / 84.5 %), and the drafter is trained style-blind (``rule_prob=0``: it
-    does not share the target's wording, so most disagreements are harmless wording and the
-    accepted length is a 1B/8B pair's). Sources, tolerance and measured figures:
-    ``nodes/pretrained/default/PAIR.md``."""
+    """The default pair: the target is much larger than the drafter (same tokenizer)."""
 
-    target: TrainSpec = field(default_factory=lambda: TrainSpec(ArchSpec(192, 512, 4, 4), steps=700, seed=1))
-    drafter: TrainSpec = field(default_factory=lambda: TrainSpec(ArchSpec(64, 192, 1, 2), steps=800, lr=4e-3, seed=2,
-                                                                 rule_prob=0.0))
+    target: TrainSpec = field(default_factory=lambda: TrainSpec(ArchSpec(192, 512, 4, 4), steps=1500, seed=1))
+    drafter: TrainSpec = field(default_factory=lambda: TrainSpec(ArchSpec(64, 192, 1, 2), steps=450, lr=4e-3, seed=2))
     max_len: int = 160
 
 
@@ -93,16 +90,17 @@ def _batches(task: ArithTask, tokenizer, batch_size: int, max_len: int, seed: in
 
 def train_model(spec: TrainSpec, tokenizer, task: ArithTask, max_len: int, out_dir: Path) -> dict:
     """Train one model and save it (fp32 safetensors + tokenizer) to ``out_dir``; returns stats."""
-    from transformers import LlamaConfig, LlamaForCausalLM
+    import transformers
 
     torch.manual_seed(spec.seed)
     a = spec.arch
-    cfg = LlamaConfig(vocab_size=len(tokenizer), hidden_size=a.hidden_size, intermediate_size=a.intermediate_size,
-                      num_hidden_layers=a.num_hidden_layers, num_attention_heads=a.num_attention_heads,
-                      num_key_value_heads=a.num_attention_heads, max_position_embeddings=max_len * 2,
-                      tie_word_embeddings=True, bos_token_id=tokenizer.bos_token_id,
-                      eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
-    model = LlamaForCausalLM(cfg)
+    config_cls, model_cls = (getattr(transformers, name) for name in ARCHS[a.family])
+    cfg = config_cls(vocab_size=len(tokenizer), hidden_size=a.hidden_size, intermediate_size=a.intermediate_size,
+                     num_hidden_layers=a.num_hidden_layers, num_attention_heads=a.num_attention_heads,
+                     num_key_value_heads=a.num_attention_heads, max_position_embeddings=max_len * 2,
+                     tie_word_embeddings=True, bos_token_id=tokenizer.bos_token_id,
+                     eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
+    model = model_cls(cfg)
     n_params = sum(p.numel() for p in model.parameters())
     opt = torch.optim.AdamW(model.parameters(), lr=spec.lr, betas=(0.9, 0.98), weight_decay=0.01)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / spec.warmup) *
@@ -139,11 +137,10 @@ def train_model(spec: TrainSpec, tokenizer, task: ArithTask, max_len: int, out_d
 def train_pair(out_dir: Path, spec: PairSpec | None = None, which: tuple[str, ...] = ("target", "drafter")) -> dict:
     """Train the default pair into ``out_dir/{target,drafter}``; returns per-model stats."""
     spec = spec or PairSpec()
-    tokenizer = build_tokenizer(ArithTask())
+    task = ArithTask()
+    tokenizer = build_tokenizer(task)
     out = {}
     for name in which:
         log.info("training %s", name)
-        model_spec = getattr(spec, name)
-        out[name] = train_model(model_spec, tokenizer, ArithTask(rule_prob=model_spec.rule_prob), spec.max_len,
-                                out_dir / name)
+        out[name] = train_model(getattr(spec, name), tokenizer, task, spec.max_len, out_dir / name)
     return out
