@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from nodes.tasks.arith import ArithTask
+from nodes.tasks.arith import RULE_PROB, ArithTask
 
 log = logging.getLogger(__name__)
 SPECIALS = ["<pad>", "<bos>", "<eos>", "<unk>"]
@@ -39,7 +39,8 @@ class ArchSpec:
 
 @dataclass
 class TrainSpec:
-    """One model's training run."""
+    """One model's training run. ``rule_prob``: how often the training solutions' phrasing
+    follows the task's style rules (:class:`ArithTask`; 0 = style-blind, phrasing at random)."""
 
     arch: ArchSpec
     steps: int
@@ -47,14 +48,21 @@ class TrainSpec:
     lr: float = 3e-3
     warmup: int = 50
     seed: int = 0
+    rule_prob: float = RULE_PROB
 
 
 @dataclass
 class PairSpec:
-    """The default pair: the target is much larger than the drafter (same tokenizer)."""
+    """The default pair: the target is much larger than the drafter (same tokenizer). It stands
+    in for Llama-3.2-1B-Instruct drafting for Llama-3.1-8B-Instruct on GSM8K: step counts set the
+    accuracies (44.4 % / 84.5 %), and the drafter is trained style-blind (``rule_prob=0``: it
+    does not share the target's wording, so most disagreements are harmless wording and the
+    accepted length is a 1B/8B pair's). Sources, tolerance and measured figures:
+    ``nodes/pretrained/default/PAIR.md``."""
 
-    target: TrainSpec = field(default_factory=lambda: TrainSpec(ArchSpec(192, 512, 4, 4), steps=1500, seed=1))
-    drafter: TrainSpec = field(default_factory=lambda: TrainSpec(ArchSpec(64, 192, 1, 2), steps=450, lr=4e-3, seed=2))
+    target: TrainSpec = field(default_factory=lambda: TrainSpec(ArchSpec(192, 512, 4, 4), steps=700, seed=1))
+    drafter: TrainSpec = field(default_factory=lambda: TrainSpec(ArchSpec(64, 192, 1, 2), steps=800, lr=4e-3, seed=2,
+                                                                 rule_prob=0.0))
     max_len: int = 160
 
 
@@ -137,10 +145,11 @@ def train_model(spec: TrainSpec, tokenizer, task: ArithTask, max_len: int, out_d
 def train_pair(out_dir: Path, spec: PairSpec | None = None, which: tuple[str, ...] = ("target", "drafter")) -> dict:
     """Train the default pair into ``out_dir/{target,drafter}``; returns per-model stats."""
     spec = spec or PairSpec()
-    task = ArithTask()
-    tokenizer = build_tokenizer(task)
+    tokenizer = build_tokenizer(ArithTask())
     out = {}
     for name in which:
         log.info("training %s", name)
-        out[name] = train_model(getattr(spec, name), tokenizer, task, spec.max_len, out_dir / name)
+        model_spec = getattr(spec, name)
+        out[name] = train_model(model_spec, tokenizer, ArithTask(rule_prob=model_spec.rule_prob), spec.max_len,
+                                out_dir / name)
     return out
