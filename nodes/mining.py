@@ -4,8 +4,11 @@ Greedy speculative decoding runs on the task's training split. At each round's f
 (draft token d where the target would write t), the draft token is substituted and the target
 continues greedily to the end (nothing follows a substituted EOS); the mismatch is *important*
 if the outcome (the final answer, or whether a code task's tests pass) differs from the
-target's own or is wrong, *harmless* otherwise. Decoding then goes on with t, so the trajectory
-stays the target's. Per mismatch we keep: problem, output position, both tokens, the target's
+target's own, *harmless* otherwise (:func:`nodes.oracle.harmless`, the oracle protocol's rule).
+Where the target's own answer is wrong this still asks whether the answer changes: labelling
+every mismatch of such a problem important (there is no right answer to keep) made 16 % of the
+labels noise no feature can explain (held-out ROC-AUC 0.86 vs 0.98 without them, default pair).
+Decoding then goes on with t, so the trajectory stays the target's. Per mismatch we keep: problem, output position, both tokens, the target's
 hidden state that predicts the token, the drafter's hidden state that produced d, the target
 probabilities of d and t, and the entropy.
 
@@ -40,6 +43,7 @@ from nodes.config import TaskConfig
 from nodes.decoding import Drafter, ExactMatch, Verifier, autoregressive_generate, verify_round
 from nodes.evaluate import encode_prompt
 from nodes.models import ModelPair, model_identity
+from nodes.oracle import harmless
 
 log = logging.getLogger(__name__)
 
@@ -55,7 +59,8 @@ def _row(position: int, dtok: int, ttok: int, target_logits: torch.Tensor, targe
 
 
 def _important(task, text: str, problem, ref_outcome) -> bool:
-    return bool(task.outcome(text, problem) != ref_outcome or not task.correct(text, problem))
+    """The label of a substituted output ``text``: its outcome is not the target's own."""
+    return not harmless(task, text, problem, ref_outcome)
 
 
 def mine_problem(pair: ModelPair, prompt: list[int], problem, gamma: int, max_new_tokens: int,

@@ -2,15 +2,11 @@
 
 A mismatch (draft token d where the target would write t) is *harmless* when substituting d and
 letting the target continue greedily to the end gives the same outcome as the target's own
-greedy output (the final answer, or whether a code task's tests pass). On every problem the
-target solves this is exactly the mining label of :mod:`nodes.mining` (AutoJudge's: important
-when the outcome changes or is wrong). Where the target's own answer is wrong the mining labels
-every mismatch important (there is no right answer to keep), while the oracle still accepts
-those that keep the target's answer — so every answer, and hence the accuracy, is the target's
-own, problem by problem. :class:`OracleAcceptance` applies the label to every mismatch of a draft
-in order, with the accepted substitutions in the prefix: the most a verifier can accept, greedily
-position by position, without changing any answer. A learned head can only exceed it by changing
-answers (on problems the target gets wrong, without changing the accuracy: the report shows it).
+greedy output (the final answer, or whether a code task's tests pass): the label the mining
+gives (:mod:`nodes.mining`). :class:`OracleAcceptance` applies it to every mismatch of a draft in
+order, with the accepted substitutions in the prefix: the most a verifier can accept, greedily
+position by position, without changing any answer — so every answer, and the accuracy, is the
+target's own, problem by problem. A learned head can only exceed it by changing answers.
 
 It needs what no deployable verifier has — the problem, and a look-ahead rollout of the target
 per mismatch — so the time it spends judging is reported in ``Decision.extra["lookahead_ms"]``

@@ -84,8 +84,9 @@ def test_csi_cost_threshold_accepts_more_when_rounds_are_expensive():
 
 
 def test_shipped_head_is_trained_and_channel_aware(pair):
-    """The shipped full head is trained (not the placeholder) and accepts mismatches more
-    readily when an extra round is expensive."""
+    """The shipped full head is trained (not the placeholder) and its policy accepts mismatches
+    more readily when an extra round is expensive — through CSI inputs (the cost-sensitive
+    scheme) or a CSI-dependent threshold (the threshold scheme), whichever training shipped."""
     from nodes.decoding import Drafter, Verifier, VerifyContext
     from nodes.decoding.policies import exact_prefix
     from nodes.evaluate import encode_prompt
@@ -93,7 +94,9 @@ def test_shipped_head_is_trained_and_channel_aware(pair):
     from nodes.tasks import ArithTask
 
     head = DecisionHead.load(head_file(None, PROTOCOLS["wisv-full"].head))
-    assert "trained on" in head.spec.note and "csi" in head.spec.features
+    policy = HeadPolicy(head)
+    assert "trained on" in head.spec.note
+    assert "csi" in head.spec.features or policy.decision.get("mode") == "csi_cost"
     d, v = Drafter(pair.drafter), Verifier(pair.target)
     good = CSI(80.0, 80.0, 2.0, 2.0, snr_db=20.0)
     bad = CSI(0.5, 1.0, 125.0, 125.0, snr_db=-5.0)
@@ -110,8 +113,9 @@ def test_shipped_head_is_trained_and_channel_aware(pair):
             if first is not None:
                 for csi, acc in ((good, p_good), (bad, p_bad)):
                     ctx.csi = csi
-                    with torch.inference_mode():
-                        acc.append(float(head(head.features(ctx, torch.tensor([first])))[0]))
+                    with torch.inference_mode():  # margin over the threshold the policy applies here
+                        acc.append(float(head(head.features(ctx, torch.tensor([first])))[0])
+                                   - policy.round_threshold(csi))
             seq += block.tokens[:n] + [int(greedy[n])]
             v.commit(len(seq))
             d.commit(len(seq))

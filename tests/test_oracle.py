@@ -1,5 +1,5 @@
-"""The oracle bound: where the target is right it accepts exactly what the mining labels
-harmless, it never changes an answer, and it needs the run's task at the edge."""
+"""The oracle bound: it accepts exactly what the mining labels harmless, it never changes an
+answer, and it needs the run's task at the edge."""
 from __future__ import annotations
 
 import pytest
@@ -30,17 +30,15 @@ def _run(pair, policy, problem, gamma=4, max_new_tokens=128):
 
 
 def test_oracle_decides_the_first_mismatch_as_mining_labels_it(pair):
-    """On problems the target solves, the oracle's decision at the first mismatch of a request is
-    the mining label of that mismatch (computed by the separate mining code path); the answer is
-    always the target's own (lossless decoding's), in no more rounds."""
+    """The oracle's decision at the first mismatch of a request is the mining label of that
+    mismatch (computed by the separate mining code path); the answer is always the target's own
+    (lossless decoding's), in no more rounds."""
     judge = TASK.make()
     oracle = AnswerOracle(pair.target, pair.tokenizer, pair.eos_token_id, TASK)
     seen = {True: 0, False: 0}
     for p in judge.problems(TASK.split, 30, TASK.start_index):  # until both decisions were seen
         exact = _run(pair, ExactMatch(), p)
         ref = pair.tokenizer.decode(exact.tokens, skip_special_tokens=True)
-        if not judge.correct(ref, p):
-            continue
         rows = mine_problem(pair, encode_prompt(pair, p), p, 4, 128, judge)
         if not rows or seen[not rows[0]["important"]]:
             continue
