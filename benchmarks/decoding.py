@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import sys
 import time
@@ -45,6 +46,8 @@ from nodes.decoding import (CachedLM, Drafter, ExactMatch, Verifier, autoregress
 from nodes.evaluate import accept_rate_by_position, encode_prompt, evaluate_pair  # noqa: E402
 from nodes.models import ModelPair, load_pair  # noqa: E402
 from nodes.tasks import ArithTask  # noqa: E402
+
+log = logging.getLogger("benchmarks.decoding")
 
 
 @dataclass
@@ -105,6 +108,7 @@ class SideBySide:
         self.ours_ar(prompts[0], warm), self.hf(prompts[0], warm, False)
         spec, asst, ar, gen = Tally(), Tally(), Tally(), Tally()
         rounds: list[list] = []
+        per_problem: list[dict] = []  # time ratios (same tokens on both sides when the outputs agree)
         same_spec = same_ar = exact = 0
         for i, ids in enumerate(prompts):
             def ours_spec() -> list[int]:
@@ -116,10 +120,15 @@ class SideBySide:
                        "ar": (ar, lambda: self.ours_ar(ids, self.max_new)),
                        "gen": (gen, lambda: self.hf(ids, self.max_new, False))}
             out: dict[str, list[int]] = {}
+            before = {name: tally.seconds for name, (tally, _) in methods.items()}
             for ours, theirs in (("spec", "asst"), ("ar", "gen")):
                 for name in ((ours, theirs) if i % 2 == 0 else (theirs, ours)):
                     tally, fn = methods[name]
                     out[name] = tally.run(fn)
+            took = {name: tally.seconds - before[name] for name, (tally, _) in methods.items()}
+            per_problem.append({"spec_ratio": round(took["asst"] / took["spec"], 3),
+                                "ar_ratio": round(took["gen"] / took["ar"], 3), "load_avg": round(os.getloadavg()[0], 2)})
+            log.info("problem %d/%d: %s", i + 1, len(prompts), per_problem[-1])
             same_spec += out["spec"] == out["asst"]
             same_ar += out["ar"] == out["gen"]
             exact += out["spec"] == out["ar"]
@@ -137,6 +146,7 @@ class SideBySide:
             "hf_ms_per_round": 1000 * asst.seconds / max(1, n_rounds),
             "ours_ms_per_token_ar": 1000 * ar.seconds / max(1, ar.tokens),
             "hf_ms_per_token_ar": 1000 * gen.seconds / max(1, gen.tokens),
+            "per_problem": per_problem,
         }
 
 
@@ -276,6 +286,7 @@ def main() -> None:
     ap.add_argument("--profile", action="store_true", help="only the time breakdown, on the first problem "
                                                            "(max-new-tokens default 8)")
     a = ap.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
     if (a.drafter is None) != (a.target is None):
         ap.error("--drafter and --target go together")
     torch.set_num_threads(a.threads)
