@@ -22,7 +22,8 @@ def cmd_check(a: argparse.Namespace) -> int:
         sys.stdout.write(json.dumps(res) + "\n")
         return 0
     sys.stdout.write(f"backend {res['backend']}: {res['steps']} steps applied, {res['missed_steps']} missed, "
-                     f"apply p99 {res['step_apply_p99_ms']:.3f} ms\n")
+                     f"apply p99 {res['step_apply_p99_ms']:.3f} ms"
+                     f"{'' if res['replay_realtime'] else ' (replay thread without real-time priority)'}\n")
     for d in ("up", "down"):
         r = res[d]
         sys.stdout.write(f"  {d:>4}: rate error {r['rate_error_pct']:5.2f} %  OWD error median {r['owd_median_error_ms']:+.3f} ms "

@@ -9,7 +9,8 @@ namespace, so no socket is needed): ``<delay_ms> <loss>`` applies atomically to 
 after it; ``stats`` answers one JSON line of counters on standard output. A malformed line is
 ignored (the link keeps its state). The element exits when its standard input closes, and is
 killed by the kernel when the orchestrator that started it dies (``nodes.lifecycle``), so a killed
-run leaves no holder of the namespace behind.
+run leaves no holder of the namespace behind. It runs with real-time priority where the host
+allows it (:mod:`topologies.realtime`).
 
 Usage (inside the namespace): python -m topologies.delay_element --queue Q [--seed S]
 """
@@ -26,6 +27,7 @@ import sys
 import time
 
 from nodes.lifecycle import die_with_orchestrator
+from topologies.realtime import make_realtime
 
 
 def run(queue_num: int, seed: int, delay_ms: float, loss: float, max_len: int) -> None:
@@ -104,6 +106,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--max-len", type=int, default=8192)
     a = ap.parse_args(argv)
     die_with_orchestrator()
+    make_realtime()
     run(a.queue, a.seed, a.delay_ms, a.loss, a.max_len)
     return 0
 

@@ -40,7 +40,7 @@ class CheckPlan:
 
     duration_s: float
     probe_pps: float = 500.0
-    lead_s: float = 0.5  # set-up time before the replay starts
+    lead_s: float = 0.2  # from arming the ready probe processes to the replay start
 
     @property
     def probe_window(self) -> tuple[float, float]:
@@ -105,8 +105,15 @@ def rate_errors(rx: np.ndarray, steps: dict, d: str, window: tuple[float, float]
 
 
 def _popen(host, args: list[str]):
-    return host.popen([sys.executable, "-m", "topologies.probe_traffic", *args], stdout=subprocess.PIPE,
-                      stderr=subprocess.PIPE, cwd=str(REPO))
+    return host.popen([sys.executable, "-m", "topologies.probe_traffic", *args], stdin=subprocess.PIPE,
+                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=str(REPO))
+
+
+def _arm(procs: list, monotonic_s: str) -> None:
+    """Give armed probe processes their schedule (one line on standard input)."""
+    for p in procs:
+        p.stdin.write(f"{monotonic_s}\n".encode())
+        p.stdin.flush()
 
 
 def run_link_check(trace: Trace, backend: str = "auto", duration_s: float = 10.0, seed: int = 0,
@@ -119,28 +126,30 @@ def run_link_check(trace: Trace, backend: str = "auto", duration_s: float = 10.0
         dev, edge = net.devices[0], net.edge
         net.links[0]["down"].set(first["rate_bps_down"], first["delay_ms_down"], first["loss_down"])
         replayer = TraceReplayer(net.links, [trace], ReplayOptions(loop_to_ms=duration_s * 1000.0))
-        start = time.monotonic() + plan.lead_s
-        until = start + duration_s + 1.0
         out = net.run_dir
         ends = {"up": (dev, edge, EDGE_IP), "down": (edge, dev, device_ip(0))}
-        procs = []
-        for d, (src, dst, dst_ip) in ends.items():
-            for port, name in ((PROBE_PORT, "probe"), (BULK_PORT, "bulk")):
-                p = _popen(dst, ["recv", "--port", str(port), "--until", f"{until}", "--out", str(out / f"{name}-{d}.npy")])
-                if p.stdout.readline().decode().strip() != "ready":
-                    raise RuntimeError(f"probe receiver failed: {p.stderr.read().decode()}")
-                procs.append(p)
         # Highest rate each bulk phase will meet (the trace is looped to the duration).
         max_rate = {d: float(replayer.traces[0].data[f"rate_bps_{d}"].max()) for d in ends}
-        senders = {}
+        # Every receiver and sender starts armed (no schedule yet) and says ready; the schedule is
+        # fixed only then, so a slow start-up on a busy host never eats into the replay.
+        receivers, senders = [], {}
         for d, (src, dst, dst_ip) in ends.items():
+            for port, name in ((PROBE_PORT, "probe"), (BULK_PORT, "bulk")):
+                receivers.append(_popen(dst, ["recv", "--port", str(port), "--out", str(out / f"{name}-{d}.npy")]))
             a, b = plan.probe_window
-            senders[f"probe-{d}"] = _popen(src, ["send", "--dst", dst_ip, "--port", str(PROBE_PORT), "--pps", f"{probe_pps}",
-                                                 "--size", str(PROBE_SIZE), "--start-at", f"{start + a}", "--duration", f"{b - a}"])
+            senders[f"probe-{d}"] = _popen(src, ["send", "--dst", dst_ip, "--port", str(PROBE_PORT), "--pps",
+                                                 f"{probe_pps}", "--size", str(PROBE_SIZE), "--duration", f"{b - a}"])
             a, b = plan.bulk_window(d)
             senders[f"bulk-{d}"] = _popen(src, ["send", "--dst", dst_ip, "--port", str(BULK_PORT), "--rate-bps",
-                                                f"{1.25 * max_rate[d]}", "--size", str(BULK_SIZE), "--start-at",
-                                                f"{start + a}", "--duration", f"{b - a}"])
+                                                f"{1.25 * max_rate[d]}", "--size", str(BULK_SIZE), "--duration", f"{b - a}"])
+        for name, p in [*(("receiver", p) for p in receivers), *senders.items()]:
+            if p.stdout.readline().decode().strip() != "ready":
+                raise RuntimeError(f"probe {name} failed: {p.stderr.read().decode()}")
+        start = time.monotonic() + plan.lead_s
+        _arm(receivers, f"{start + duration_s + 1.0}")
+        for d in ends:
+            _arm([senders[f"probe-{d}"]], f"{start + plan.probe_window[0]}")
+            _arm([senders[f"bulk-{d}"]], f"{start + plan.bulk_window(d)[0]}")
         replayer.start(start)
         sent = {}
         for name, p in senders.items():
@@ -148,7 +157,7 @@ def run_link_check(trace: Trace, backend: str = "auto", duration_s: float = 10.0
             if p.returncode:
                 raise RuntimeError(f"{name} sender failed: {e.decode()}")
             sent[name] = int(o.decode().strip() or 0)
-        for p in procs:
+        for p in receivers:
             p.communicate(timeout=30)
         replayer.stop()
         element = {d: getattr(net.links[0][d], "element_stats", dict)() for d in ends}
@@ -156,7 +165,7 @@ def run_link_check(trace: Trace, backend: str = "auto", duration_s: float = 10.0
     result = {"backend": net.backend, "duration_s": duration_s, "steps": len(replayer.log.rows),
               "step_apply_p99_ms": float(np.percentile(replayer.log.apply_ms(), 99)) if replayer.log.rows else None,
               "step_apply_median_ms": float(np.median(replayer.log.apply_ms())) if replayer.log.rows else None,
-              "missed_steps": replayer.log.missed}
+              "missed_steps": replayer.log.missed, "replay_realtime": replayer.realtime}
     for d in ends:
         probe = np.load(out / f"probe-{d}.npy")
         bulk = np.load(out / f"bulk-{d}.npy")

@@ -5,6 +5,9 @@ Modes:
   second ``--start-at`` for ``--duration`` s; each carries (sequence, send time ns).
 * ``recv``: records (sequence, send ns, receive ns, size) of every datagram until ``--until``
   (monotonic s), then writes them as ``.npy`` to ``--out``.
+* Without ``--start-at`` / ``--until``, ``send`` and ``recv`` print ``ready`` once set up and read
+  that second from the first line of standard input: an orchestrator starts every process, waits
+  for all of them, and only then fixes the schedule, however long start-up took on a busy host.
 * ``zmq-echo`` / ``zmq-ping``: a ZeroMQ REP echo server and a REQ client that records RTTs.
 ``time.monotonic_ns`` is one clock for every namespace of the machine, so one-way delays are
 send-to-receive differences.
@@ -32,12 +35,25 @@ def sleep_until(t: float) -> None:
         time.sleep(d - 0.0002 if d > 0.0005 else 0)
 
 
-def send(dst: str, port: int, pps: float, size: int, start_at: float, duration: float) -> int:
-    """Paced UDP sender; returns the number of datagrams sent."""
+def armed() -> float:
+    """Say ``ready`` on standard output, then return the monotonic second read from standard input."""
+    sys.stdout.write("ready\n")
+    sys.stdout.flush()
+    line = sys.stdin.readline()
+    try:
+        return float(line)
+    except ValueError:
+        raise SystemExit(f"expected a monotonic second on standard input, got {line!r}") from None
+
+
+def send(dst: str, port: int, pps: float, size: int, start_at: float | None, duration: float) -> int:
+    """Paced UDP sender from monotonic second ``start_at`` (None: :func:`armed`) for ``duration``
+    s; returns the number of datagrams sent."""
     s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     s.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4 << 20)
     pad = b"\0" * max(0, size - HEADER.size)
     interval = 1.0 / pps
+    start_at = start_at if start_at is not None else armed()
     sleep_until(start_at)
     end = start_at + duration
     seq = 0
@@ -57,16 +73,19 @@ def send(dst: str, port: int, pps: float, size: int, start_at: float, duration: 
     return seq
 
 
-def recv(port: int, until: float, out: str) -> int:
-    """Record every datagram until monotonic second ``until``; returns the count."""
+def recv(port: int, until: float | None, out: str) -> int:
+    """Record every datagram until monotonic second ``until`` (None: :func:`armed`); returns the count."""
     s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 8 << 20)
     s.bind(("0.0.0.0", port))
     s.settimeout(0.05)
     buf = bytearray(65536)
     rows: list[tuple[int, int, int, int]] = []
-    sys.stdout.write("ready\n")
-    sys.stdout.flush()
+    if until is None:
+        until = armed()  # datagrams arriving meanwhile wait in the socket buffer
+    else:
+        sys.stdout.write("ready\n")
+        sys.stdout.flush()
     while time.monotonic() < until:
         try:
             n = s.recv_into(buf)
@@ -131,11 +150,11 @@ def main(argv: list[str] | None = None) -> int:
     s.add_argument("--pps", type=float)
     s.add_argument("--rate-bps", type=float)
     s.add_argument("--size", type=int, default=100)
-    s.add_argument("--start-at", type=float, required=True)
+    s.add_argument("--start-at", type=float, help="monotonic s (default: read from stdin after 'ready')")
     s.add_argument("--duration", type=float, required=True)
     r = sub.add_parser("recv")
     r.add_argument("--port", type=int, required=True)
-    r.add_argument("--until", type=float, required=True)
+    r.add_argument("--until", type=float, help="monotonic s (default: read from stdin after 'ready')")
     r.add_argument("--out", required=True)
     e = sub.add_parser("zmq-echo")
     e.add_argument("--bind", required=True)

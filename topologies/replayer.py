@@ -4,7 +4,9 @@ Step i is due at ``start + t_ms[i]``; the replayer sleeps until then, applies bo
 (rate through the persistent tc batch, delay/loss through the netem change or the delay
 element's control line) and logs when it was due, when it was applied and how long that took.
 A step whose successor is already due when its turn comes is *missed* (skipped, counted, never
-applied late out of order). Looping, slicing and time-scaling use ``traces.ops``.
+applied late out of order). The replay thread runs with real-time priority where the host allows
+it (:mod:`topologies.realtime`), so busy model processes do not make it miss steps. Looping,
+slicing and time-scaling use ``traces.ops``.
 """
 from __future__ import annotations
 
@@ -17,6 +19,7 @@ import numpy as np
 import pandas as pd
 
 from traces.format import Trace
+from topologies.realtime import make_realtime
 from traces.ops import loop_trace, slice_trace, time_scale
 
 log = logging.getLogger(__name__)
@@ -80,6 +83,7 @@ class TraceReplayer:
         self._thread: threading.Thread | None = None
         self.start_time: float | None = None
         self.error: BaseException | None = None
+        self.realtime: bool | None = None  # whether the replay thread got SCHED_FIFO (None: not started)
         # One merged timeline: (t_ms, device index, row index).
         events = []
         for k, t in enumerate(self.traces):
@@ -117,6 +121,7 @@ class TraceReplayer:
         return self
 
     def _run(self) -> None:
+        self.realtime = make_realtime()
         try:
             ev = self._events
             n = len(ev)

@@ -5,6 +5,8 @@ from __future__ import annotations
 import subprocess
 from pathlib import Path
 
+from topologies.realtime import make_realtime
+
 
 class TcBatch:
     """Feeds tc commands (without the leading ``tc``) to one long-running tc in ``host``."""
@@ -14,6 +16,7 @@ class TcBatch:
         self._log = open(log_path, "ab")
         self.proc = host.popen(["tc", "-force", "-batch", "-"], stdin=subprocess.PIPE,
                                stdout=subprocess.DEVNULL, stderr=self._log)
+        make_realtime(self.proc.pid)  # a trace step lands when due even beside busy model processes
 
     def send(self, line: str) -> None:
         """Queue one command; returns once written (tc applies it within microseconds)."""
