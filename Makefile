@@ -24,6 +24,7 @@ snr-figure: install
 	$(VENV)/bin/wisv run examples/snr_sweep.yaml --simulate -o runs/out/snr --overwrite
 	mkdir -p docs/img
 	cp runs/out/snr/plots/sweep_latency_ms_mean.png docs/img/snr_latency.png
+	cp runs/out/snr/plots/sweep_latency_ratio.png docs/img/snr_latency_ratio.png
 	cp runs/out/snr/plots/sweep_mean_accepted_len.png docs/img/snr_accepted_len.png
 	cp runs/out/snr/plots/sweep_up_bytes_per_token.png docs/img/snr_up_bytes.png
 
