@@ -109,11 +109,10 @@ def _popen(host, args: list[str]):
                       stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=str(REPO))
 
 
-def _arm(procs: list, monotonic_s: str) -> None:
-    """Give armed probe processes their schedule (one line on standard input)."""
-    for p in procs:
-        p.stdin.write(f"{monotonic_s}\n".encode())
-        p.stdin.flush()
+def _arm(proc, monotonic_s: float) -> None:
+    """Give an armed probe process its schedule: one monotonic second on standard input."""
+    proc.stdin.write(f"{monotonic_s}\n".encode())
+    proc.stdin.flush()
 
 
 def run_link_check(trace: Trace, backend: str = "auto", duration_s: float = 10.0, seed: int = 0,
@@ -146,10 +145,11 @@ def run_link_check(trace: Trace, backend: str = "auto", duration_s: float = 10.0
             if p.stdout.readline().decode().strip() != "ready":
                 raise RuntimeError(f"probe {name} failed: {p.stderr.read().decode()}")
         start = time.monotonic() + plan.lead_s
-        _arm(receivers, f"{start + duration_s + 1.0}")
+        for p in receivers:
+            _arm(p, start + duration_s + 1.0)
         for d in ends:
-            _arm([senders[f"probe-{d}"]], f"{start + plan.probe_window[0]}")
-            _arm([senders[f"bulk-{d}"]], f"{start + plan.bulk_window(d)[0]}")
+            _arm(senders[f"probe-{d}"], start + plan.probe_window[0])
+            _arm(senders[f"bulk-{d}"], start + plan.bulk_window(d)[0])
         replayer.start(start)
         sent = {}
         for name, p in senders.items():
