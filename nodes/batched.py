@@ -25,9 +25,12 @@ def _device(model: torch.nn.Module) -> torch.device:
 
 @torch.inference_mode()
 def greedy_batch(model: torch.nn.Module, prompts: list[list[int]], budgets: list[int], eos_token_id: int | None,
-                 pad_token_id: int = 0) -> list[list[int]]:
+                 pad_token_id: int = 0, stop=None, outputs_so_far: list[list[int]] | None = None) -> list[list[int]]:
     """Greedy continuation (token ids, prompt excluded) of each prompt, at most ``budgets[i]``
-    tokens and ending after EOS, all prompts in one batch (one forward per generated token)."""
+    tokens and ending after EOS, all prompts in one batch (one forward per generated token).
+    ``stop`` (:class:`nodes.decoding.stopping.StopCriteria`) ends a row at the token that
+    completes a stop rule; it reads each row's output ``outputs_so_far[i]`` (default: none)
+    followed by its continuation."""
     from transformers import DynamicCache
 
     out: list[list[int]] = [[] for _ in prompts]
@@ -55,7 +58,11 @@ def greedy_batch(model: torch.nn.Module, prompts: list[list[int]], budgets: list
         keep = []
         for r, i in enumerate(live):
             out[i].append(toks[r])
-            if toks[r] != eos_token_id and len(out[i]) < budgets[i]:
+            stopped = False
+            if stop is not None:
+                before = outputs_so_far[i] if outputs_so_far else []
+                stopped = stop.check(before + out[i], len(before) + len(out[i]) - 1) is not None
+            if toks[r] != eos_token_id and not stopped and len(out[i]) < budgets[i]:
                 keep.append(r)
         if not keep:
             return out

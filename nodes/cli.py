@@ -27,12 +27,9 @@ def cmd_train(a: argparse.Namespace) -> int:
 def cmd_eval(a: argparse.Namespace) -> int:
     from nodes.evaluate import evaluate_pair
 
-    from nodes.config import TaskConfig
-
     kind, file = ("gsm8k", a.gsm8k) if a.gsm8k else (a.task, a.task_file)
     res = evaluate_pair(a.drafter, a.target, n_problems=a.problems, gamma=a.gamma, dtype=a.dtype,
-                        max_new_tokens=a.max_new_tokens, task=TaskConfig(kind=kind, file=file,
-                                                                         chat_template=a.chat_template))
+                        max_new_tokens=a.max_new_tokens, task=task_config_from_args(a, kind=kind, file=file))
     sys.stdout.write(json.dumps(res) + "\n")
     return 0
 
@@ -67,6 +64,28 @@ def add_task_args(p: argparse.ArgumentParser) -> None:
                    help="arith (built-in), gsm8k (GSM8K-format JSONL) or humaneval (code, tests run)")
     p.add_argument("--task-file", help="the JSONL file of a gsm8k or humaneval task")
     p.add_argument("--chat-template", action="store_true", help="wrap prompts in the tokenizer's chat template")
+    from nodes.tasks.filters import FILTERS
+    from nodes.tasks.gsm8k import PROMPT_STYLES
+
+    p.add_argument("--answer-filter", choices=list(FILTERS),
+                   help="the filter that decides correctness (default: strict-match for gsm8k, flexible-extract with "
+                        "--chat-template; completion for humaneval, code-block with --chat-template); all are reported")
+    p.add_argument("--prompt-style", default="plain", choices=list(PROMPT_STYLES),
+                   help="gsm8k prompts: plain 'Question: …\nAnswer:', qa 'Q: …\nA:', cot (zero-shot, step by step)")
+    p.add_argument("--shots", type=int, default=0, help="gsm8k: worked examples before the question (n-shot)")
+    p.add_argument("--fewshot-file", help="gsm8k: GSM8K-format JSONL of worked examples (e.g. the train split)")
+    p.add_argument("--stop", action="append", metavar="TEXT",
+                   help="a stop sequence replacing the task's own (repeatable; '' for none)")
+
+
+def task_config_from_args(a: argparse.Namespace, **fields) -> "TaskConfig":
+    """The task config of the task options (``fields`` set the others: split, problems, …)."""
+    from nodes.config import TaskConfig
+
+    kw = {"kind": a.task, "file": a.task_file, **fields}
+    stop = None if a.stop is None else tuple(s for s in a.stop if s)
+    return TaskConfig(**kw, chat_template=a.chat_template, answer_filter=a.answer_filter, prompt_style=a.prompt_style,
+                      shots=a.shots, fewshot_file=a.fewshot_file, stop=stop)
 
 
 def _threads(a: argparse.Namespace) -> None:
@@ -125,7 +144,7 @@ def _profile(name: str, **custom: float):
 
 def config_from_args(a: argparse.Namespace) -> "RunConfig":
     """The run config of a node's command line (``--config`` wins over the options)."""
-    from nodes.config import ComputeConfig, ModelConfig, RunConfig, TaskConfig
+    from nodes.config import ComputeConfig, ModelConfig, RunConfig
 
     if a.config:
         cfg = RunConfig.read(a.config)
@@ -135,8 +154,8 @@ def config_from_args(a: argparse.Namespace) -> "RunConfig":
         if hasattr(a, "protocol"):
             cfg = RunConfig(a.run_id, a.protocol, a.gamma, a.temperature, a.hidden_dtype, a.seed, timeout_ms=a.timeout_ms,
                             retries=a.retries, models=models,
-                            task=TaskConfig(a.split, a.problems, a.start_index, a.max_new_tokens, a.task, a.task_file,
-                                            a.chat_template),
+                            task=task_config_from_args(a, split=a.split, problems=a.problems,
+                                                       start_index=a.start_index, max_new_tokens=a.max_new_tokens),
                             compute=ComputeConfig(device=_profile(a.compute, per_token_ms=a.profile_ms_per_token)))
         else:
             cfg = RunConfig(lambda_ms=a.lambda_ms, head_dir=a.head_dir, models=models,
@@ -315,15 +334,16 @@ def register_node(sub: argparse._SubParsersAction) -> None:
 
 def cmd_head_mine(a: argparse.Namespace) -> int:
     _threads(a)
-    from nodes.config import ModelConfig, TaskConfig
+    from nodes.config import ModelConfig
     from nodes.mining import mine
     from nodes.models import load_models
 
     pair = load_models(ModelConfig(a.drafter, a.target, a.device, a.device, a.dtype, a.dtype))
     m = mine(pair, Path(a.output), a.problems, a.gamma, shard_size=a.shard_size, max_new_tokens=a.max_new_tokens,
-             task=TaskConfig(split="train", kind=a.task, file=a.task_file, chat_template=a.chat_template),
-             batch_size=a.batch_size, progress=not a.no_progress)
-    sys.stdout.write(json.dumps({k: m[k] for k in ("labelled", "seconds", "seconds_per_label")}) + "\n")
+             task=task_config_from_args(a, split="train"), batch_size=a.batch_size, progress=not a.no_progress,
+             max_unscorable=a.max_unscorable)
+    sys.stdout.write(json.dumps({k: m[k] for k in ("labelled", "seconds", "seconds_per_label", "unscorable_share")})
+                     + "\n")
     return 0
 
 
@@ -356,6 +376,9 @@ def register_head(sub: argparse._SubParsersAction) -> argparse._SubParsersAction
     m.add_argument("--shard-size", type=int, default=50, help="problems per shard (the unit of resumption)")
     m.add_argument("--threads", type=int, help="torch CPU threads (default: torch's)")
     m.add_argument("--no-progress", action="store_true", help="no progress bar (the per-shard log lines remain)")
+    m.add_argument("--max-unscorable", type=float, default=0.5,
+                   help="refuse to mine when the target's own outcome is unscorable on more than this share of "
+                        "problems (no answer extracted, or code that does not compile)")
     add_task_args(m)
     m.set_defaults(func=cmd_head_mine)
     t = hs.add_parser("train", help="train heads, compare channel-aware schemes, write head files")

@@ -22,6 +22,7 @@ import zmq
 from channel_models.csi import CSI, round_trip_ms, transfer_ms
 from nodes.config import RunConfig, TaskConfig
 from nodes.decoding import Drafter, SamplingConfig
+from nodes.decoding.stopping import StopCriteria, stop_criteria_for
 from nodes.protocols import PROTOCOLS
 from nodes.telemetry import RoundLog, RoundLogger
 from nodes.wire import (Bye, Draft, Error, Hello, HelloAck, HiddenRequest, HiddenUpload, Message, Result, Start,
@@ -68,6 +69,7 @@ class RequestResult:
     latency_ms: float
     ok: bool = True
     error: str = ""
+    end_reason: str = ""  # eos, stop (a stop sequence), budget; '' for a failed request
 
     def record(self, correct: bool) -> dict:
         """The per-request record of the ``requests`` table (README: output schema)."""
@@ -252,6 +254,8 @@ class DeviceClient:
         self.secret = ""  # the session secret from hello_ack, sent in every later message
         self.wire_width = wire_width(int(drafter.config.hidden_size), cfg.hidden_wire_width)
         self.chooser = UploadChooser(array_nbytes((1, self.wire_width), cfg.hidden_dtype))
+        self._stop: StopCriteria | None = None  # the request in progress: its stop rules …
+        self._ended = ""  # … and why it ended, once a stop rule fired
 
     @classmethod
     def connect(cls, drafter: torch.nn.Module, endpoint: str, cfg: RunConfig, eos_token_id: int | None, *,
@@ -276,10 +280,14 @@ class DeviceClient:
             self.transport.close()
 
     # ------------------------------------------------------------------ a request
-    def run(self, prompt: list[int], max_new_tokens: int = 128, request_id: str | None = None) -> RequestResult:
+    def run(self, prompt: list[int], max_new_tokens: int = 128, request_id: str | None = None,
+            stop: StopCriteria | None = None) -> RequestResult:
         """Run one request to completion; the result is marked failed (with partial rounds kept
-        in the log) when the edge stops answering or rejects it."""
+        in the log) when the edge stops answering or rejects it. ``stop``: where the output ends
+        besides the edge's EOS and the budget (several EOS ids, stop sequences): the device
+        drafts no further, ends the request and drops the tokens past the stop."""
         rid = request_id or uuid.uuid4().hex[:12]
+        self._stop, self._ended = stop, ""
         t0 = self.transport.now_ms()
         rounds: list[RoundLog] = []
         out: list[int] = []
@@ -291,7 +299,16 @@ class DeviceClient:
                 out = self._speculate(rid, list(prompt), max_new_tokens, rounds)
         except (ExchangeTimeout, EdgeError) as e:
             return RequestResult(rid, out, rounds, self.transport.now_ms() - t0, ok=False, error=str(e))
-        return RequestResult(rid, out, rounds, self.transport.now_ms() - t0)
+        hit = stop.check(out) if stop is not None else None
+        if hit is not None:  # the edge decoded alone, or its EOS is one of several
+            del out[hit.keep:]
+        reason = hit.reason if hit is not None else self._end_reason(out, max_new_tokens)
+        return RequestResult(rid, out, rounds, self.transport.now_ms() - t0, end_reason=reason)
+
+    def _end_reason(self, out: list[int], max_new_tokens: int) -> str:
+        if self._ended:
+            return self._ended
+        return "eos" if self.eos is not None and out and out[-1] == self.eos else "budget"
 
     def _edge_alone(self, rid: str, prompt: list[int], max_new_tokens: int, rounds: list[RoundLog]) -> list[int]:
         stats, t0, t_wall, csi = _stats(), self.transport.now_ms(), self.transport.wall_s(), self.csi()
@@ -306,13 +323,16 @@ class DeviceClient:
         self.drafter.reset()
         out: list[int] = []
         rnd = 0
+        stop = self._stop
         while True:
             stats = _stats()
             wire0 = self.wire_counter() if self.wire_counter else None
             t_wall, t0 = self.transport.wall_s(), self.transport.now_ms()
             csi = self.csi()
             n_prefill = max(0, len(seq) - self.drafter.lm.cache_len - 1)
-            block = self.drafter.draft(seq, min(self.cfg.gamma, max_new_tokens - len(out)), self.eos)
+            done = len(out)
+            block = self.drafter.draft(seq, min(self.cfg.gamma, max_new_tokens - len(out)), self.eos,
+                                       stop=None if stop is None else lambda t: stop.check(out + t, done) is not None)
             block.draft_ms, pad_ms = self.cfg.compute.device.charge(block.draft_ms, len(block.tokens), n_prefill,
                                                                      exact=self.transport.virtual)
             self.transport.compute(block.draft_ms, pad_ms)
@@ -335,6 +355,9 @@ class DeviceClient:
             v: Verdict = reply
             self.chooser.observe(len(block.tokens), v.first_mismatch, asked)  # the verdict says where it differed
             new = block.tokens[: v.n_accepted] + [v.next_token]
+            hit = stop.check(out + new, len(out)) if stop is not None else None
+            if hit is not None:  # tokens past the stop are not output
+                new, self._ended = new[: hit.keep - len(out)], hit.reason
             seq.extend(new)
             out.extend(new)
             self.drafter.commit(len(seq))
@@ -347,6 +370,8 @@ class DeviceClient:
                                     v.n_harmless, v.next_token, stats, block.draft_ms, v.verify_ms,
                                     max(0.0, wall - block.draft_ms - v.verify_ms), wall, t_wall, csi))
             rnd += 1
+            if hit is not None:
+                return out[:max_new_tokens]
             if v.done:
                 if self.eos is not None and self.eos in out:
                     del out[out.index(self.eos) + 1:]
@@ -391,9 +416,10 @@ def run_problems(client: DeviceClient, pair, task: TaskConfig) -> tuple[list[dic
     from nodes.evaluate import encode_prompt
 
     t = task.make()
+    stop = stop_criteria_for(t, pair.tokenizer, pair.drafter or pair.target, task.chat_template)
     records, results = [], []
     for p in t.problems(task.split, task.problems, task.start_index):
-        res = client.run(encode_prompt(pair, p, task.chat_template), task.max_new_tokens, request_id=p.uid)
+        res = client.run(encode_prompt(pair, p, task.chat_template), task.max_new_tokens, request_id=p.uid, stop=stop)
         records.append(res.record(t.correct(pair.tokenizer.decode(res.tokens, skip_special_tokens=True), p)))
         results.append(res)
     return records, results

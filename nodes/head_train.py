@@ -175,7 +175,9 @@ def train_heads(data_dir: Path, out_dir: Path, lam: float = 1000.0, kind: str | 
     compare the two channel-aware schemes, save the ``full`` and ``target`` heads of the
     cheapest (kind, scheme) to ``out_dir`` with the pair they were mined on; returns the
     report, with cross-validated ROC-AUC and whether the heads beat the probability-only
-    baseline. :class:`TooLittleData` when the labels cannot support a head."""
+    baseline; ``head-report.json`` also states the share of mined problems whose target outcome
+    was unscorable (``unscorable``; None for datasets mined before it was recorded).
+    :class:`TooLittleData` when the labels cannot support a head."""
     from nodes.mining import load_dataset
 
     rows, _, _ = load_dataset(data_dir)
@@ -207,7 +209,9 @@ def train_heads(data_dir: Path, out_dir: Path, lam: float = 1000.0, kind: str | 
     (out_dir / "head-report.json").write_text(json.dumps({**report.__dict__, "auc_by_kind": {
         k: v["auc"] for k, v in reports.items()}, "labels": {"harmless": int((~rows["important"]).sum()),
                                                              "important": int(rows["important"].sum())},
-        "no_better_than_probabilities": weak}, indent=2) + "\n")
+        "no_better_than_probabilities": weak, "task": {k: manifest.get(k) for k in ("task", "answer_filter")},
+        "unscorable": {"problems": manifest.get("unscorable"), "of": manifest.get("scored_problems"),
+                       "share": manifest.get("unscorable_share")}}, indent=2) + "\n")
     return report
 
 

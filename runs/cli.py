@@ -111,7 +111,8 @@ def cmd_report(a: argparse.Namespace) -> int:
 
 
 def _simulated(a: argparse.Namespace, protocols: list[str], out: Path | None) -> dict:
-    from nodes.config import ModelConfig, RunConfig, TaskConfig
+    from nodes.cli import task_config_from_args
+    from nodes.config import ModelConfig, RunConfig
     from nodes.models import load_pair
     from runs.simulate import simulate
     from traces.defaults import DEFAULT_TRACE
@@ -119,8 +120,7 @@ def _simulated(a: argparse.Namespace, protocols: list[str], out: Path | None) ->
 
     cfg = RunConfig(run_id=uuid.uuid4().hex, gamma=a.gamma, seed=a.seed, lambda_ms=a.lambda_ms, head_dir=a.head_dir,
                     models=ModelConfig(a.drafter, a.target),
-                    task=TaskConfig(problems=a.problems, max_new_tokens=a.max_new_tokens, kind=a.task,
-                                    file=a.task_file, chat_template=a.chat_template))
+                    task=task_config_from_args(a, problems=a.problems, max_new_tokens=a.max_new_tokens))
     from nodes.models import pair_identity
     from nodes.protocols import check_heads
 

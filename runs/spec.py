@@ -92,7 +92,10 @@ class RunSpec:
                          task=TaskConfig(t["split"], t["problems"], t["start_index"] + rep * t["problems"],
                                          t["max_new_tokens"], t["kind"],
                                          None if t["file"] is None else str(resolve_path(t["file"], self.source)),
-                                         t["chat_template"]),
+                                         t["chat_template"], t["answer_filter"], t["prompt_style"], t["shots"],
+                                         None if t["fewshot_file"] is None
+                                         else str(resolve_path(t["fewshot_file"], self.source)),
+                                         None if t["stop"] is None else tuple(t["stop"])),
                          compute=ComputeConfig(profile_from_spec(c["device"]), profile_from_spec(c["edge"])))
 
     def trace_path(self, rep: int = 0) -> Path:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
+from typing import Callable
 
 import torch
 
@@ -17,6 +18,7 @@ from channel_models.csi import CSI
 from nodes.decoding.lm import CachedLM
 from nodes.decoding.policies import VerificationPolicy
 from nodes.decoding.round import verify_round
+from nodes.decoding.stopping import END_BUDGET, StopCriteria
 
 
 @dataclass(frozen=True)
@@ -56,8 +58,11 @@ class Drafter:
         """Start a new request."""
         self.lm.reset()
 
-    def draft(self, seq: list[int], gamma: int, eos_token_id: int | None = None) -> DraftBlock:
-        """Draft ``gamma`` tokens after the committed sequence ``seq`` (stops early at EOS)."""
+    def draft(self, seq: list[int], gamma: int, eos_token_id: int | None = None,
+              stop: Callable[[list[int]], bool] | None = None) -> DraftBlock:
+        """Draft ``gamma`` tokens after the committed sequence ``seq``; stops early at EOS, and
+        after the token for which ``stop(draft tokens so far)`` is true (an EOS id or a stop
+        sequence: no draft past the end of the output)."""
         t0 = time.perf_counter()
         feed = seq[self.lm.cache_len:]
         tokens: list[int] = []
@@ -75,6 +80,8 @@ class Drafter:
             hidden.append(h[0])
             feed = [tok]
             if eos_token_id is not None and tok == eos_token_id:
+                break
+            if stop is not None and stop(tokens):
                 break
         return DraftBlock(tokens, torch.stack(probs) if probs else None, torch.stack(hidden),
                           (time.perf_counter() - t0) * 1000.0)
@@ -109,7 +116,9 @@ class Verifier:
 @dataclass
 class RoundRecord:
     """One interaction round as the core sees it (the nodes add bytes, link and CSI fields);
-    ``verify_ms`` covers the target forward and the policy."""
+    ``verify_ms`` covers the target forward and the policy; ``tokens_out`` the tokens it adds to
+    the output (none after a stop); ``end_reason``: why the request ended with this round
+    (``eos``, ``stop`` for a stop sequence, ``budget``), '' while it goes on."""
 
     round: int
     drafted: int
@@ -120,6 +129,7 @@ class RoundRecord:
     draft_ms: float
     verify_ms: float
     tokens_out: int
+    end_reason: str = ""
 
 
 @dataclass
@@ -138,40 +148,52 @@ class SpecResult:
 
 def speculative_generate(drafter: Drafter, verifier: Verifier, policy: VerificationPolicy, prompt: list[int],
                          gamma: int = 4, max_new_tokens: int = 128, eos_token_id: int | None = None,
-                         csi: CSI | None = None) -> SpecResult:
-    """Speculative decoding of ``prompt`` (token ids) in one process, round by round."""
+                         csi: CSI | None = None, stop: StopCriteria | None = None) -> SpecResult:
+    """Speculative decoding of ``prompt`` (token ids) in one process, round by round, until EOS,
+    a stop rule of ``stop`` (:mod:`nodes.decoding.stopping`; default: ``eos_token_id`` only) or
+    ``max_new_tokens``. The drafter drafts no further than the end of the output; the tokens a
+    round commits past the end are dropped (not counted in ``tokens_out``)."""
     if gamma < 1:
         raise ValueError("gamma must be >= 1")
+    stop = stop or StopCriteria([eos_token_id] if eos_token_id is not None else [])
     drafter.reset()
     verifier.reset()
     seq = list(prompt)
     out: list[int] = []
     result = SpecResult(out)
     t_start = time.perf_counter()
+    end = ""
     while len(out) < max_new_tokens:
-        block = drafter.draft(seq, min(gamma, max_new_tokens - len(out)), eos_token_id)  # on the device
+        done = len(out)
+        block = drafter.draft(seq, min(gamma, max_new_tokens - len(out)), eos_token_id,  # on the device
+                              stop=lambda toks: stop.check(out + toks, done) is not None)
         r = verify_round(verifier, policy, seq, block.tokens, drafter_probs=block.probs,  # on the edge
                          drafter_hidden=block.hidden, csi=csi, temperature=drafter.sampling.temperature,
                          generator=drafter.generator)
-        new = r.new_tokens
+        new = r.new_tokens[: max_new_tokens - len(out)]
+        hit = stop.check(out + new, len(out))
+        if hit is not None:
+            new, end = new[: hit.keep - len(out)], hit.reason
+        elif len(out) + len(new) >= max_new_tokens:
+            end = END_BUDGET
         seq.extend(new)
         out.extend(new)
         verifier.commit(len(seq))
         drafter.commit(len(seq))
         d = r.decision
         result.rounds.append(RoundRecord(len(result.rounds), len(block.tokens), d.n_accepted, d.n_exact,
-                                         d.first_mismatch, d.n_harmless, block.draft_ms, r.verify_ms, len(new)))
-        if eos_token_id is not None and eos_token_id in new:
-            del out[out.index(eos_token_id) + 1:]
+                                         d.first_mismatch, d.n_harmless, block.draft_ms, r.verify_ms, len(new), end))
+        if end:
             break
-    del out[max_new_tokens:]
     result.wall_ms = (time.perf_counter() - t_start) * 1000.0
     return result
 
 
 def autoregressive_generate(model_or_lm: torch.nn.Module | CachedLM, prompt: list[int], max_new_tokens: int = 128,
-                            eos_token_id: int | None = None, sampling: SamplingConfig = SamplingConfig()) -> list[int]:
-    """Plain one-token-at-a-time decoding with a KV cache (the ``ar-edge`` baseline and reference)."""
+                            eos_token_id: int | None = None, sampling: SamplingConfig = SamplingConfig(),
+                            stop: StopCriteria | None = None) -> list[int]:
+    """Plain one-token-at-a-time decoding with a KV cache (the ``ar-edge`` baseline and
+    reference), until ``eos_token_id``, a rule of ``stop`` or ``max_new_tokens``."""
     lm = model_or_lm if isinstance(model_or_lm, CachedLM) else CachedLM(model_or_lm)
     lm.reset()
     gen = torch.Generator().manual_seed(sampling.seed + 2)
@@ -186,6 +208,8 @@ def autoregressive_generate(model_or_lm: torch.nn.Module | CachedLM, prompt: lis
             tok = int(torch.multinomial(torch.softmax(row / sampling.temperature, -1), 1, generator=gen))
         out.append(tok)
         if tok == eos_token_id:
+            break
+        if stop is not None and stop.check(out, len(out) - 1) is not None:
             break
         feed = [tok]
     return out

@@ -70,10 +70,25 @@ class StopCriteria:
                     return StopHit(n, END_STOP)
         return None if eos_at is None else StopHit(eos_at + 1, END_EOS)
 
+    def continuing(self, prior: list[int]) -> "StopCriteria":
+        """The same rules for a continuation of the output ``prior``: ``check(tokens)`` reads
+        ``prior + tokens`` and answers in tokens of the continuation (a rollout after a prefix)."""
+        return _Continuation(self, list(prior))
+
     def cut_text(self, text: str) -> str:
         """``text`` before the first stop sequence (lm-eval ``until``), whole when none occurs."""
         idx = [i for i in (text.find(s) for s in self.stop_strings) if i >= 0]
         return text[:min(idx)] if idx else text
+
+
+class _Continuation(StopCriteria):
+    def __init__(self, inner: StopCriteria, prior: list[int]):
+        self.__dict__.update(inner.__dict__)
+        self.inner, self.prior = inner, prior
+
+    def check(self, tokens: list[int], start: int = 0) -> StopHit | None:
+        hit = self.inner.check(self.prior + tokens, len(self.prior) + start)
+        return None if hit is None else StopHit(max(0, hit.keep - len(self.prior)), hit.reason)
 
 
 def eos_ids_of(model, tokenizer) -> list[int]:
