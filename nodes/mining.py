@@ -23,6 +23,13 @@ budget) are batched greedy decodings (:mod:`nodes.batched`). :func:`mine_problem
 definition run round by round with the decoding core: the readable reference that tests hold the
 batched miner to (fp32 padded batches may flip exact near-ties of the greedy choice).
 
+Outputs end where decoding ends them (:mod:`nodes.decoding.stopping`: every EOS id, the task's stop
+sequences), in the references and the rollouts alike. A label needs the target's own outcome:
+where it is unscorable (no answer extracted, a program that does not compile) every substitution
+"keeps" it and every label would say harmless, so :func:`mine` refuses a task on which more than
+``max_unscorable`` of the problems are unscorable (:class:`MiningRefused`, naming the share and the
+likely cause) and records the share in the manifest (``unscorable_share``).
+
 Storage: one shard per block of problems (``shard-XXXXX.safetensors`` for the hidden states,
 ``shard-XXXXX.parquet`` for the rest) and ``manifest.json`` listing finished shards, so an
 interrupted mining run resumes where it stopped.

@@ -43,6 +43,7 @@ def test_mined_labels(mined):
     assert (rows["p_top"] >= rows["p_draft"]).all()
     manifest = json.loads((mined / "manifest.json").read_text())
     assert manifest["labelled"] == len(rows) and manifest["seconds_per_label"] > 0
+    assert manifest["scored_problems"] == 20 and manifest["unscorable_share"] < 0.5  # the target writes "#### n"
 
 
 def test_train_heads_reports_and_saves(mined, tmp_path):
@@ -56,7 +57,9 @@ def test_train_heads_reports_and_saves(mined, tmp_path):
     for name in ("full", "target"):
         head = DecisionHead.load(r.shipped[name])
         assert ("drafter_hidden" in head.spec.features) == (name == "full")
-    assert json.loads((tmp_path / "head-report.json").read_text())["chosen"] == r.chosen
+    report = json.loads((tmp_path / "head-report.json").read_text())
+    assert report["chosen"] == r.chosen
+    assert report["unscorable"]["of"] == 20 and report["unscorable"]["share"] < 0.5  # the share is stated
 
 
 def test_head_file_round_trip_and_version(tmp_path):

@@ -11,7 +11,8 @@ Sources of the rules:
   with the explicit final-answer forms that instruct models write: ``\\boxed{n}`` (the Minerva /
   Hendrycks MATH convention, lm-eval ``minerva_math`` ``last_boxed_only_string``; the last box
   wins), "The answer is n" (lm-eval ``gsm8k-cot.yaml``, filter ``strict-match``:
-  ``The answer is (\\-?[0-9\\.\\,]+).``) and ``#### n``; the last number only when none is there.
+  ``The answer is (\\-?[0-9\\.\\,]+).``, a ``$`` allowed here) and ``#### n``; the last number only
+  when none is there.
 - Normalisation of an extracted number: lm-eval's gsm8k ``exact_match`` ignores ``,``, ``$`` and
   a trailing ``.`` (``regexes_to_ignore``); ``12.0`` and ``12`` compare equal here as well.
 - ``completion`` (code): the completion cut at the first stop sequence of
