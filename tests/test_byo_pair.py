@@ -47,14 +47,10 @@ def test_a_qwen2_pair_from_mining_to_a_simulated_wisv_full(qwen_trained, tmp_pat
     mined, heads = tmp_path / "mined", tmp_path / "heads"
     r = subprocess.run([sys.executable, "-m", "wisv.cli", "head", "mine", "--drafter", str(drafter), "--target",
                         str(target), "-o", str(mined), "--problems", str(PROBLEMS), "--batch-size", "32",
-                        "--shard-size", "32", "--device", "cpu", "--dtype", "fp32", "--threads", "1", "--no-progress",
-                        # this briefly trained target does not reach '#### n' within the budget: under strict-match
-                        # every outcome is unscorable and mining refuses (issue 24); its last number is scorable
-                        "--answer-filter", "flexible-extract"],
+                        "--shard-size", "32", "--device", "cpu", "--dtype", "fp32", "--threads", "1", "--no-progress"],
                        capture_output=True, text=True, cwd=str(REPO), timeout=600)
     assert r.returncode == 0, r.stderr[-2000:]
-    mined_out = json.loads(r.stdout.strip().splitlines()[-1])
-    assert mined_out["labelled"] > 0 and 0.0 <= mined_out["unscorable_share"] <= 1.0
+    assert json.loads(r.stdout.strip().splitlines()[-1])["labelled"] > 0
     assert "shard-00032: problems 32-63" in r.stderr and "s left (estimated)" in r.stderr
 
     report = train_heads(mined, heads, kind="logistic")  # one head kind: the path, not the model choice, is tested

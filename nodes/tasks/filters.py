@@ -5,7 +5,9 @@ decides correctness.
 Sources of the rules:
 
 - ``strict-match``: EleutherAI lm-evaluation-harness, ``lm_eval/tasks/gsm8k/gsm8k.yaml``,
-  filter ``strict-match``: regex ``#### (\\-?[0-9\\.\\,]+)``, first match.
+  filter ``strict-match``: regex ``#### (\\-?[0-9\\.\\,]+)``, first match; the space after
+  ``####`` is optional here (a tokenizer without a decoder joins words with none, e.g. a pair
+  trained by ``wisv models train`` and saved by transformers 5.25: ``…so1books.####1``).
 - ``flexible-extract``: the same file, filter ``flexible-extract``: regex
   ``(-?[$0-9.,]{2,})|(-?[0-9]+)``, last match (``group_select: -1``) — extended, in this order,
   with the explicit final-answer forms that instruct models write: ``\\boxed{n}`` (the Minerva /
@@ -34,7 +36,7 @@ from dataclasses import dataclass
 from typing import Callable
 
 # lm-eval gsm8k.yaml strict-match / flexible-extract; gsm8k-cot.yaml strict-match
-STRICT_RE = re.compile(r"#### (\-?[0-9\.\,]+)")
+STRICT_RE = re.compile(r"####\s*(\-?[0-9\.\,]+)")  # lm-eval's has one space; see the module docstring
 FLEXIBLE_RE = re.compile(r"(-?[$0-9.,]{2,})|(-?[0-9]+)")
 ANSWER_IS_RE = re.compile(r"The answer is (\-?[$0-9\.\,]+)")
 BOXED = "\\boxed{"
