@@ -115,6 +115,7 @@ QWEN_HUMANEVAL = ("    decimals = number - int(number)\n    return decimals\n\n#
     ("\\boxed{\\$18.00} is what she makes. Next: 5", None, "18"),
     ("#### 7.0\n\nQuestion: what is 2+2?\nAnswer: 4", "7", "7"),  # text after the stop sequence is not scored
     ("I cannot tell.", None, None),
+    ("so1books.Theansweris1.####1", "1", "1"),  # a word-level tokenizer saved without a decoder joins with no space
 ])
 def test_answer_filters_on_real_output_shapes(text, strict, flexible, tmp_path):
     from nodes.tasks import make_task
