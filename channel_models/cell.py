@@ -61,40 +61,35 @@ class Allocation:
     active: int
 
 
-def _waterfill(need: np.ndarray, members: np.ndarray, capacity: float, share: np.ndarray) -> float:
+def _waterfill(need: list[float], members: list[int], capacity: float, share: list[float]) -> float:
     """Split ``capacity`` (a fraction of the TTI) equally among ``members``; one that needs less
     (``need``, a fraction of the TTI) gets its need and the rest is re-split. Writes ``share``;
     returns the capacity left."""
-    order = members[np.argsort(need[members], kind="stable")]
+    order = sorted(members, key=need.__getitem__)
     left = capacity
     for k, i in enumerate(order):
-        equal = left / (len(order) - k)
-        give = min(need[i], equal)
+        give = min(need[i], left / (len(order) - k))
         share[i] = give
         left -= give
     return max(left, 0.0)
 
 
-def _fill_by_priority(need: np.ndarray, active: np.ndarray, priority: np.ndarray) -> np.ndarray:
-    """Shares for the ``active`` devices taken in decreasing ``priority``: devices whose priority
-    ties (relative 1e-9) water-fill what is left; the next group takes what they leave."""
-    share = np.zeros(need.shape)
-    idx = np.flatnonzero(active)
-    idx = idx[np.argsort(-priority[idx], kind="stable")]
-    left, start = 1.0, 0
-    while start < len(idx) and left > 0.0:
-        top = priority[idx[start]]
-        stop = start + 1
-        while stop < len(idx) and abs(priority[idx[stop]] - top) <= _TIE_REL * max(abs(top), 1e-300):
-            stop += 1
-        left = _waterfill(need, idx[start:stop], left, share)
-        start = stop
-    return share
+def _tie_groups(members: list[int], priority: list[float]) -> list[list[int]]:
+    """``members`` in decreasing ``priority``, grouped where priorities tie (relative 1e-9)."""
+    order = sorted(members, key=lambda i: -priority[i])
+    groups: list[list[int]] = []
+    for i in order:
+        if groups and abs(priority[i] - priority[groups[-1][0]]) <= _TIE_REL * max(abs(priority[groups[-1][0]]), 1e-300):
+            groups[-1].append(i)
+        else:
+            groups.append([i])
+    return groups
 
 
 class CellScheduler(ABC):
     """A TTI scheduler for ``n_devices`` devices; keeps its own state between TTIs (averages).
-    Subclasses give the priority of each active device; :meth:`allocate` does the rest."""
+    Subclasses give the priority of each active device; :meth:`allocate` does the rest. The core
+    works on plain lists (a cell has few devices, and the element calls it every millisecond)."""
 
     name = "base"
 
@@ -106,32 +101,39 @@ class CellScheduler(ABC):
         self.n_devices, self.tti_ms = int(n_devices), float(tti_ms)
 
     @abstractmethod
-    def _priority(self, rate_bps: np.ndarray) -> np.ndarray | None:
+    def _priority(self, rate_bps: list[float]) -> list[float] | None:
         """Priority of each device this TTI (larger first), None for equal shares."""
 
-    def _update(self, sent_bytes: np.ndarray) -> None:
+    def _update(self, sent_bytes: list[float]) -> None:
         """Hook after each TTI with the bytes each device was granted."""
+
+    def allocate_lists(self, backlog_bytes: list[float], rate_bps: list[float]) -> tuple[list[float], list[float], int]:
+        """:meth:`allocate` on plain lists: (grant bytes, shares, active devices)."""
+        n = self.n_devices
+        if len(backlog_bytes) != n or len(rate_bps) != n:
+            raise ValueError(f"expected {n} backlogs and rates")
+        bytes_per_bps = self.tti_ms / 8000.0
+        capacity = [r * bytes_per_bps for r in rate_bps]  # bytes the whole TTI would carry
+        active = [i for i in range(n) if backlog_bytes[i] > 0 and capacity[i] > 0]
+        share = [0.0] * n
+        if active:
+            need = [backlog_bytes[i] / capacity[i] if capacity[i] > 0 else 0.0 for i in range(n)]
+            priority = self._priority(rate_bps)
+            left = 1.0
+            for group in ([active] if priority is None else _tie_groups(active, priority)):
+                if left <= 0.0:
+                    break
+                left = _waterfill(need, group, left, share)
+        grant = [min(share[i] * capacity[i], backlog_bytes[i]) if share[i] > 0 else 0.0 for i in range(n)]
+        self._update(grant)
+        return grant, share, len(active)
 
     def allocate(self, backlog_bytes: np.ndarray, rate_bps: np.ndarray) -> Allocation:
         """Grants (bytes) and shares for one TTI from each device's backlog (bytes queued) and
         instantaneous achievable rate (bit/s). See the module docstring for the rules."""
-        backlog = np.asarray(backlog_bytes, dtype=float)
-        rate = np.asarray(rate_bps, dtype=float)
-        if backlog.shape != (self.n_devices,) or rate.shape != (self.n_devices,):
-            raise ValueError(f"expected {self.n_devices} backlogs and rates")
-        capacity = rate * (self.tti_ms / 1000.0) / 8.0  # bytes the whole TTI would carry
-        active = (backlog > 0) & (capacity > 0)
-        need = np.zeros(self.n_devices)
-        need[active] = backlog[active] / capacity[active]
-        priority = self._priority(rate)
-        if priority is None:
-            share = np.zeros(self.n_devices)
-            _waterfill(need, np.flatnonzero(active), 1.0, share)
-        else:
-            share = _fill_by_priority(need, active, priority)
-        grant = np.minimum(share * capacity, backlog)
-        self._update(grant)
-        return Allocation(grant_bytes=grant, share=share, active=int(active.sum()))
+        grant, share, active = self.allocate_lists([float(x) for x in np.ravel(backlog_bytes)],
+                                                   [float(x) for x in np.ravel(rate_bps)])
+        return Allocation(grant_bytes=np.array(grant), share=np.array(share), active=active)
 
 
 class RoundRobin(CellScheduler):
@@ -157,14 +159,24 @@ class ProportionalFair(CellScheduler):
         if time_window_tti < 1 or initial_average_bps <= 0:
             raise ValueError("time_window_tti must be >= 1 and initial_average_bps > 0")
         self.time_window_tti = float(time_window_tti)
-        self.average_bps = np.full(self.n_devices, float(initial_average_bps))
+        self._average = [float(initial_average_bps)] * self.n_devices
+
+    @property
+    def average_bps(self) -> np.ndarray:
+        """Each device's R̄ in bit/s."""
+        return np.array(self._average)
+
+    @average_bps.setter
+    def average_bps(self, value) -> None:
+        self._average = [float(x) for x in np.ravel(value)]
 
     def _priority(self, rate_bps):
-        return rate_bps / self.average_bps
+        return [r / a for r, a in zip(rate_bps, self._average)]
 
     def _update(self, sent_bytes):
         a = 1.0 / self.time_window_tti
-        self.average_bps = (1.0 - a) * self.average_bps + a * sent_bytes * 8.0 / (self.tti_ms / 1000.0)
+        to_bps = a * 8000.0 / self.tti_ms
+        self._average = [(1.0 - a) * avg + to_bps * b for avg, b in zip(self._average, sent_bytes)]
 
 
 class MaxRate(CellScheduler):
@@ -173,7 +185,7 @@ class MaxRate(CellScheduler):
     name = "max-rate"
 
     def _priority(self, rate_bps):
-        return rate_bps
+        return list(rate_bps)
 
 
 SCHEDULERS: dict[str, type[CellScheduler]] = {c.name: c for c in (RoundRobin, ProportionalFair, MaxRate)}
@@ -331,17 +343,19 @@ def simulate_cell(scheduler: CellScheduler, channels: list[DeviceChannel], traff
             k = int(np.ceil(t / tti_ms - 1e-9))
             if k < n_tti:
                 arrivals[k, i] += b
-    backlogged = np.array([tr.backlogged for tr in traffic])
-    queue = np.zeros(n)
+    backlogged = [tr.backlogged for tr in traffic]
+    queue = [0.0] * n
     share = np.zeros((n_tti, n))
     sent = np.zeros((n_tti, n))
     active = np.zeros(n_tti, dtype=np.int64)
+    rate_rows, arrival_rows = rates.tolist(), arrivals.tolist()
+    inf = float("inf")
     for k in range(n_tti):
-        queue += arrivals[k]
-        backlog = np.where(backlogged, np.inf, queue)
-        a = scheduler.allocate(backlog, rates[k])
-        share[k], sent[k], active[k] = a.share, a.grant_bytes, a.active
-        queue = np.where(backlogged, 0.0, np.maximum(queue - a.grant_bytes, 0.0))
+        queue = [q + a for q, a in zip(queue, arrival_rows[k])]
+        backlog = [inf if b else q for b, q in zip(backlogged, queue)]
+        grant, sh, active[k] = scheduler.allocate_lists(backlog, rate_rows[k])
+        share[k], sent[k] = sh, grant
+        queue = [0.0 if b else max(q - g, 0.0) for b, q, g in zip(backlogged, queue, grant)]
     delays = []
     served_cum = np.cumsum(sent, axis=0)
     for i, tr in enumerate(traffic):

@@ -36,8 +36,6 @@ import sys
 import time
 from dataclasses import dataclass
 
-import numpy as np
-
 from channel_models.cell import SCHEDULERS, make_scheduler
 from nodes.lifecycle import child_environment, die_with_orchestrator, pdeathsig_prefix
 from topologies.realtime import make_realtime
@@ -64,12 +62,12 @@ def run(queue_num: int, devices: list[str], rates_bps: list[float], scheduler: s
     n = len(devices)
     index = {socket.inet_aton(ip): i for i, ip in enumerate(devices)}
     sched = make_scheduler(scheduler, n, tti_ms, **(scheduler_kwargs or {}))
-    rates = np.array(rates_bps, dtype=float)
+    rates = [float(r) for r in rates_bps]
     queues: list[collections.deque] = [collections.deque() for _ in range(n)]
-    queued_bytes = np.zeros(n)
-    credit = np.zeros(n)
+    queued_bytes = [0.0] * n
+    credit = [0.0] * n
     c = {"released_packets": [0] * n, "released_bytes": [0] * n, "dropped": [0] * n,
-         "share_sum": np.zeros(n), "delay_ms_sum": [0.0] * n, "delay_ms_max": [0.0] * n}
+         "share_sum": [0.0] * n, "delay_ms_sum": [0.0] * n, "delay_ms_max": [0.0] * n}
     g = {"ttis": 0, "late_ttis": 0, "skipped_ttis": 0, "active_sum": 0, "passed": 0, "updates": 0}
 
     def on_packet(pkt) -> None:
@@ -87,12 +85,16 @@ def run(queue_num: int, devices: list[str], rates_bps: list[float], scheduler: s
         queued_bytes[i] += size
 
     def run_tti(now: float) -> None:
-        a = sched.allocate(np.maximum(queued_bytes - credit, 0.0), rates)
+        grant, share, active = sched.allocate_lists([max(b - k, 0.0) for b, k in zip(queued_bytes, credit)], rates)
         g["ttis"] += 1
-        g["active_sum"] += a.active
-        c["share_sum"] += a.share
-        credit[:] += a.grant_bytes
-        for i in np.flatnonzero(a.grant_bytes > 0):
+        if not active:
+            return
+        g["active_sum"] += active
+        for i in range(n):
+            if grant[i] <= 0.0:
+                continue
+            c["share_sum"][i] += share[i]
+            credit[i] += grant[i]
             q = queues[i]
             while q and q[0][1] <= credit[i] + 1e-6:
                 pkt, size, t_in = q.popleft()
@@ -109,10 +111,10 @@ def run(queue_num: int, devices: list[str], rates_bps: list[float], scheduler: s
                 queued_bytes[i] = 0.0
 
     def stats() -> dict:
-        return {**g, "cpu_s": time.process_time(), "rates_bps": rates.tolist(), "devices": devices,
+        return {**g, "cpu_s": time.process_time(), "rates_bps": rates, "devices": devices,
                 "released_packets": c["released_packets"], "released_bytes": c["released_bytes"],
                 "dropped": c["dropped"], "queued_packets": [len(q) for q in queues],
-                "queued_bytes": queued_bytes.tolist(), "share_sum": c["share_sum"].tolist(),
+                "queued_bytes": queued_bytes, "share_sum": c["share_sum"],
                 "delay_ms_sum": c["delay_ms_sum"], "delay_ms_max": c["delay_ms_max"]}
 
     nfq = NetfilterQueue()
@@ -153,10 +155,10 @@ def run(queue_num: int, devices: list[str], rates_bps: list[float], scheduler: s
                         sys.stdout.flush()
                     elif len(words) == n + 1 and words[0] == "rates":
                         try:
-                            new = np.array([float(w) for w in words[1:]])
+                            new = [float(w) for w in words[1:]]
                         except ValueError:
                             continue
-                        if np.all(np.isfinite(new)) and np.all(new >= 0):
+                        if all(0.0 <= r < float("inf") for r in new):
                             rates[:] = new
                             g["updates"] += 1
     finally:
