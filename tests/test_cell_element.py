@@ -107,3 +107,48 @@ def test_namespaces_are_deleted_after_a_failure():
             assert cell.receiver in _namespaces()
             raise RuntimeError("boom")
     assert cell.tag not in _namespaces()
+
+
+def test_element_dies_with_its_orchestrator():
+    """Killed with SIGKILL, the orchestrator takes the element with it (parent-death signal),
+    even while another process keeps the element's stdin open, so no EOF reaches it."""
+    import signal
+    import sys
+    import time
+    from pathlib import Path
+
+    from topologies.cell_netns import scratch_cell
+
+    repo = Path(__file__).resolve().parent.parent
+    with scratch_cell(1) as cell:
+        script = (f"import subprocess, sys, time\nsys.path.insert(0, {str(repo)!r})\n"
+                  "from topologies.cell_element import CellElement\n"
+                  f"el = CellElement.start({cell.exec_prefix(cell.receiver)!r}, 5, ['10.77.0.2'], [1e6])\n"
+                  "keeper = subprocess.Popen(['sleep', '30'], pass_fds=(el.proc.stdin.fileno(),))\n"
+                  "print(el.proc.pid, keeper.pid, flush=True)\ntime.sleep(60)\n")
+        orch = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, cwd=str(repo))
+        pids: list[int] = []
+        try:
+            pids = [int(x) for x in orch.stdout.readline().split()]
+            os.kill(orch.pid, signal.SIGKILL)
+            orch.wait(timeout=5)
+            deadline = time.monotonic() + 5
+            while time.monotonic() < deadline and _alive(pids[0]):
+                time.sleep(0.05)
+            assert not _alive(pids[0]), "the element outlived its orchestrator"
+        finally:
+            if orch.poll() is None:
+                orch.kill()
+                orch.wait(timeout=5)
+            for pid in pids:
+                if _alive(pid):
+                    os.kill(pid, signal.SIGKILL)
+
+
+def _alive(pid: int) -> bool:
+    """True while ``pid`` exists and is not a zombie."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
