@@ -110,10 +110,12 @@ def _subcommands(parser, prefix=()):
                 yield from _subcommands(sub, prefix + (name,))
 
 
-def test_every_command_has_working_help():
+def test_every_command_has_working_help(capsys):
+    """Every option has a help text, and `wisv <command …> --help` works for every command path
+    (the README's and docs/' commands are checked against these paths in tests/test_readme.py)."""
     import argparse
 
-    from wisv.cli import build_parser
+    from wisv.cli import build_parser, main
 
     commands = list(_subcommands(build_parser()))
     undocumented = []
@@ -124,6 +126,9 @@ def test_every_command_has_working_help():
         undocumented += [(cmd, a.dest) for a in parser._actions
                          if not a.help and not isinstance(a, (argparse._HelpAction, argparse._SubParsersAction))]
         assert "usage:" in parser.format_help()  # renders (an unescaped % once crashed wisv --help)
+        with pytest.raises(SystemExit) as e:  # and through the entry point, as `wisv … --help`
+            main([*cmd, "--help"])
+        assert e.value.code == 0 and "usage: wisv" in capsys.readouterr().out, cmd
     assert undocumented == [] and len(commands) > 15
     for flag in ("--help", "-h", "--version"):  # and the real entry point, as a user types it
         r = subprocess.run([sys.executable, "-m", "wisv.cli", flag], capture_output=True, text=True, cwd=str(REPO),
