@@ -5,7 +5,7 @@ Mininet runs with ``controller=None`` (no Open vSwitch needed); hosts are linked
 per-run tag, so two runs at once do not collide. Everything a run creates is listed in a
 registry file (``/run/wisv/net-<tag>.json``): interfaces in the root namespace, each host's shell
 and network namespace, and every process the network started (pid, start time, role). Those
-processes die with the run (``nodes.lifecycle``); a later run, or ``wisv link cleanup``, removes
+processes die with the run (``procs.lifecycle``); a later run, or ``wisv link cleanup``, removes
 whatever a killed run still left behind (only its own entries: never ``mn -c``).
 """
 from __future__ import annotations
@@ -22,7 +22,7 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
-from nodes.lifecycle import (child_environment, is_same_process, net_namespace, pdeathsig_prefix, pids_in_namespaces,
+from procs.lifecycle import (child_environment, is_same_process, net_namespace, pdeathsig_prefix, pids_in_namespaces,
                              start_ticks)
 from topologies.probe import probe_backends, stale_probe_namespaces
 from topologies.shapers import BACKENDS, LinkEnd, LinkShaper, QueueLimit, install_shared_root
@@ -257,7 +257,7 @@ class EmulatedNetwork:
     ``links[k]['up'|'down']`` (:class:`LinkShaper`). Use as a context manager.
 
     Every process it starts — tc batches, delay elements, cross traffic, and what callers start
-    through :meth:`popen` (the edge, the devices) — dies with this process (``nodes.lifecycle``),
+    through :meth:`popen` (the edge, the devices) — dies with this process (``procs.lifecycle``),
     is registered by pid and start time in the registry file, and is watched
     (:meth:`check_processes`)."""
 

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from nodes.netdev import read_counters
+from procs.netdev import read_counters
 from topologies.tcbatch import TcBatch
 
 log = logging.getLogger(__name__)
