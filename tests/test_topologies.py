@@ -140,6 +140,7 @@ def test_two_networks_at_once_do_not_collide(support, tmp_path):
 
 def test_star_with_two_devices_and_cross_traffic(support, tmp_path):
     from topologies.net import EmulatedNetwork
+    from topologies.shapers import FixedRateShaper
     from topologies.topo import CrossTraffic, Star
 
     with EmulatedNetwork(Star(n_devices=2, cross_traffic=CrossTraffic(2e6), backhaul_rate_bps=50e6),
@@ -162,6 +163,15 @@ def test_star_with_two_devices_and_cross_traffic(support, tmp_path):
         assert net.links[0]["up"].counters()["rx_bytes"] - base >= 100_000
         bridge = f"ap{net.tag}"
         assert subprocess.run(["ip", "link", "show", bridge], capture_output=True).returncode == 0
+        # The backhaul is a declared shaped link like the device links, installed by the same code:
+        # its HTB class on the AP's port towards the edge (root namespace), at the declared rate.
+        backhaul = net.shapers["backhaul.up"]
+        assert isinstance(backhaul, FixedRateShaper) and backhaul.sender.ifname.startswith(bridge)
+        shown = subprocess.run(["tc", "class", "show", "dev", backhaul.sender.ifname], capture_output=True,
+                               text=True).stdout
+        assert "rate 50Mbit" in shown, shown
+        assert [net.shapers[f"d{k}.{d}"].seed for k in range(2) for d in ("up", "down")] == [0, 1, 2, 3]
+        assert net.links[1]["down"] is net.shapers["d1.down"] and net.links[1]["down"].match_dst == "10.0.0.2"
     assert subprocess.run(["ip", "link", "show", bridge], capture_output=True).returncode != 0
 
 
