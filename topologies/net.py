@@ -273,6 +273,11 @@ class EmulatedNetwork:
         self.topo, self.queue, self.seed, self.initial = topo, queue, seed, initial
         self.layout: Layout = topo.declare(seed)
         self.backend = probe_backends().choose(backend)
+        switches = {sw.name for sw in self.layout.switches}
+        for decl in self.layout.shaped:
+            if self._shaper_class(decl).delays_at_receiver and decl.ingress.node in switches:
+                raise ValueError(f"shaped link {decl.name}: the {self.backend} backend delays packets at the receiving "
+                                 f"host, and {decl.ingress.node} is a switch (bridged packets skip iptables); use netem")
         self.tag = uuid.uuid4().hex[:4]
         self.run_dir = Path(run_dir or tempfile.mkdtemp(prefix=f"wisv-net-{self.tag}-"))
         self.run_dir.mkdir(parents=True, exist_ok=True)

@@ -104,6 +104,7 @@ class LinkShaper(ABC):
     supports it (:meth:`probe`, run in a throwaway namespace by :mod:`topologies.probe`)."""
 
     backend = "base"
+    delays_at_receiver = False  # delay and loss applied at the receiving host's ingress (needs a host there)
 
     @classmethod
     @abstractmethod
@@ -200,6 +201,7 @@ class NfqueueShaper(LinkShaper):
     (for kernels without netem; never on the sender, where TCP small queues would collapse)."""
 
     backend = "nfqueue"
+    delays_at_receiver = True
 
     @classmethod
     def probe(cls, netns: str, ifname: str) -> str | None:
