@@ -73,3 +73,17 @@ def test_the_registry_names_every_topology_and_builds_from_a_spec():
     t = topology_from_spec({"kind": "star", "n_devices": 4, "cross_traffic_bps": 1e6, "backhaul_rate_bps": None})
     assert isinstance(t, Star) and t.n_devices == 4 and t.cross_traffic == CrossTraffic(1e6)
     assert len(t.declare(1).shaped) == 8
+
+
+def test_wisv_link_layout_prints_the_declaration(capsys):
+    import json
+
+    from wisv.cli import build_parser
+
+    a = build_parser().parse_args(["link", "layout", "--kind", "star", "--n-devices", "2", "--backhaul-rate-bps", "4e7",
+                                   "--seed", "5", "--json"])
+    assert a.func(a) == 0
+    lay = json.loads(capsys.readouterr().out)
+    assert [(s["name"], s["seed"], s["match_dst"]) for s in lay["shaped"]] == [
+        ("d0.up", 5000, None), ("d0.down", 5001, "10.0.0.1"), ("d1.up", 5002, None), ("d1.down", 5003, "10.0.0.2"),
+        ("backhaul.up", 5004, None)]
