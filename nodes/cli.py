@@ -162,8 +162,8 @@ def _edge_curve(a: argparse.Namespace) -> tuple[bytes | None, str | None]:
 
 
 def cmd_edge(a: argparse.Namespace) -> int:
-    from nodes.lifecycle import die_with_orchestrator
-    die_with_orchestrator()  # a node an orchestrator started dies with it (nodes/lifecycle.py)
+    from procs.lifecycle import die_with_orchestrator
+    die_with_orchestrator()  # a node an orchestrator started dies with it (procs/lifecycle.py)
     import logging
     import signal
 
@@ -194,8 +194,8 @@ def cmd_edge(a: argparse.Namespace) -> int:
 
 
 def cmd_device(a: argparse.Namespace) -> int:
-    from nodes.lifecycle import die_with_orchestrator
-    die_with_orchestrator()  # a node an orchestrator started dies with it (nodes/lifecycle.py)
+    from procs.lifecycle import die_with_orchestrator
+    die_with_orchestrator()  # a node an orchestrator started dies with it (procs/lifecycle.py)
     import time
 
     _threads(a)
@@ -223,7 +223,7 @@ def cmd_device(a: argparse.Namespace) -> int:
         csi = lambda: reports.at((time.monotonic() - trace_start[0]) * 1000.0)  # noqa: E731
     counter = None
     if a.count_iface:
-        from nodes.netdev import read_counters
+        from procs.netdev import read_counters
 
         def counter() -> tuple[int, int]:
             c = read_counters("self", a.count_iface)

@@ -92,7 +92,11 @@ class Testbed:
 
     def attach_trace(self, path: str | Path | list) -> None:
         """Use this trace for every device link, or one trace per device (a list); the first
-        rows are applied now."""
+        rows are applied now. Each device needs its own up and down link (``net.links``); links
+        several devices share (``net.shared_links``) are not driven from here."""
+        if any(set(pair) != {"up", "down"} for pair in self.net.links):
+            raise ValueError(f"{self.topo.kind}: not every device has its own up and down link; attach_trace drives "
+                             "those only (drive net.shared_links with a TraceReplayer)")
         paths = [Path(p) for p in path] if isinstance(path, (list, tuple)) else [Path(path)] * len(self.net.links)
         if len(paths) != len(self.net.links):
             raise ValueError(f"{len(paths)} traces for {len(self.net.links)} devices")

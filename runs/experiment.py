@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from nodes.config import RunConfig
-from runs.spec import RunSpec, resolve_path
+from runs.spec import RunSpec
 from runs.tables import collect_tables
 
 log = logging.getLogger(__name__)
@@ -162,7 +162,7 @@ def execute_job(job: Job, rd: Path, mode: str, progress: bool = False, models: d
 
         v = run.values
         setup = EmulationSetup(trace, run.topology(), v["link"]["backend"], v["link"]["queue_packets"],
-                               _device_traces(run, rd), progress=progress)
+                               _device_traces(run, trace, rd), progress=progress)
         res = run_emulated(cfg, run.protocols, setup, rd)
     return {k: s.__dict__ for k, s in res.items()}
 
@@ -222,15 +222,26 @@ def _run_sequential(pending: list[Job], out_dir: Path, mode: str, progress: bool
             bar.close()
 
 
-def _device_traces(run: RunSpec, out: Path) -> list[Path] | None:
-    """Per-device trace files of a Star run (replay options applied), or None."""
-    files = run.values["device_traces"]
-    if not files:
+def _device_traces(run: RunSpec, trace: Path, out: Path) -> list[Path] | None:
+    """Each device's trace file as replayed (spec ``topology.device_traces``), or None when
+    every device replays ``trace`` (the run's prepared trace) from its start: its own files
+    (replay slicing and time scale applied), or ``trace`` rotated to k/N of its duration for
+    device k (looped, so every device replays a whole period)."""
+    chosen = run.device_traces()
+    if not chosen.per_device:
         return None
     from topologies.replayer import ReplayOptions, prepare
     from traces.format import read_trace, write_trace
+    from traces.ops import loop_trace, slice_trace
 
     r = run.values["replay"]
-    return [write_trace(prepare(read_trace(resolve_path(f, run.source)), ReplayOptions(r["start_ms"], r["end_ms"], None,
-                                                                                  r["time_scale"])),
-                        out / f"trace-d{k}.parquet") for k, f in enumerate(files)]
+    opts = ReplayOptions(r["start_ms"], r["end_ms"], None, r["time_scale"])
+    if chosen.files:
+        traces = [prepare(read_trace(f), opts) for f in chosen.files]
+    else:
+        t, n = read_trace(trace), run.topology().n_devices
+        traces = []
+        for k in range(n):
+            off = chosen.offset_ms(k, n, t.duration_ms)
+            traces.append(slice_trace(loop_trace(t, 2 * t.duration_ms), off, off + t.duration_ms) if off > 0 else t)
+    return [write_trace(t, out / f"trace-d{k}.parquet") for k, t in enumerate(traces)]

@@ -35,6 +35,24 @@ class Section(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True, validate_default=True)
 
 
+class DeviceTraces(Section):
+    """Each device's own trace: ``files`` (one file per device, in device order) or ``rotate``
+    (every device replays the run's trace, device k starting k/N of the way into it, looping, so
+    the devices see one channel at different moments). Unset: every device replays the run's
+    trace from its start."""
+
+    files: list[str] | None = Field(None, min_length=1, description="one trace file per device, in device order "
+                                    "(relative to the spec, the repository or here)")
+    rotate: bool = Field(False, description="the run's trace for every device, device k of N starting k/N of its "
+                                            "duration in (after replay slicing and the repetition's offset)")
+
+    @model_validator(mode="after")
+    def _one(self) -> "DeviceTraces":
+        if (self.files is not None) == self.rotate:
+            raise ValueError("give either files or rotate: true")
+        return self
+
+
 class Topology(Section):
     """The emulated topology."""
 
@@ -43,6 +61,8 @@ class Topology(Section):
     n_devices: int = Field(1, ge=1, le=64, description="devices (star only; device-edge has one)")
     cross_traffic_bps: float | None = Field(None, gt=0, description="UDP cross traffic to the edge, bit/s (star)")
     backhaul_rate_bps: float | None = Field(None, gt=0, description="shaped AP → edge port, bit/s (star)")
+    device_traces: DeviceTraces | None = Field(None, description="each device its own trace file, or the run's "
+                                               "trace rotated per device (null: the run's trace for every device)")
 
     @field_validator("kind")
     @classmethod
@@ -53,6 +73,9 @@ class Topology(Section):
     def _fits(self) -> "Topology":
         if self.kind == "device-edge" and (self.n_devices != 1 or self.cross_traffic_bps or self.backhaul_rate_bps):
             raise ValueError("device-edge has one device and no cross traffic or backhaul; use kind: star")
+        files = self.device_traces.files if self.device_traces is not None else None
+        if files is not None and len(files) != self.n_devices:
+            raise ValueError(f"device_traces lists {len(files)} files for {self.n_devices} devices")
         return self
 
 
@@ -196,7 +219,6 @@ class Spec(Section):
     name: str = Field("experiment", description="experiment name (letters, digits, _ . = + -; a directory name)")
     topology: Topology = Field(default_factory=Topology)
     trace: Trace = Field(default_factory=lambda: Trace(file=str(DEFAULT_TRACE)), description="the channel")
-    device_traces: list[str] | None = Field(None, description="star: one trace file per device (else trace for all)")
     replay: Replay = Field(default_factory=Replay)
     link: Link = Field(default_factory=Link)
     capture: Capture = Field(default_factory=Capture)
@@ -245,9 +267,6 @@ class Spec(Section):
     def _consistent(self) -> "Spec":
         for p in self.protocols or PROTOCOLS.default_comparison():
             PROTOCOLS[p].check_temperature(self.temperature)
-        if self.device_traces is not None and len(self.device_traces) != self.topology.n_devices:
-            raise ValueError(f"device_traces lists {len(self.device_traces)} files for "
-                             f"{self.topology.n_devices} devices")
         return self
 
 

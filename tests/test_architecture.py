@@ -93,6 +93,15 @@ def test_nodes_import_neither_topologies_nor_runs():
     assert {k: v for k, v in bad.items() if v} == {}
 
 
+def test_procs_is_the_bottom_package():
+    """procs/ (process lifetimes, interface counters) imports nothing of the project; nodes/ and
+    topologies/ both take those utilities from there."""
+    project = {"channel_models", "traces", "nodes", "topologies", "runs", "wisv", "benchmarks", "procs"}
+    bad = {str(p.relative_to(REPO)): sorted(_imports(p) & project - {"procs"}) for p in (REPO / "procs").rglob("*.py")}
+    assert {k: v for k, v in bad.items() if v} == {}
+    assert not (REPO / "nodes" / "lifecycle.py").exists() and not (REPO / "nodes" / "netdev.py").exists()
+
+
 def test_protocol_names_live_in_the_registry_only():
     """Outside tests, benchmarks and examples, one file names wisv-selective: the registry."""
     files = [p for p in REPO.rglob("*.py") if ".venv" not in p.parts and p.parts[len(REPO.parts)] not in

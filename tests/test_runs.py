@@ -296,9 +296,10 @@ def test_star_experiment_two_devices_with_cross_traffic(tmp_path):
 
     write_trace(step_trace(100.0, 10.0, [2e6], [40.0], [0.0]), other)
     runs = load_spec(None, {"name": "star", "protocols": ["vanilla", "wisv-full"], "task": {"problems": 2},
-                            "device_traces": ["traces/builtin/pedestrian_3p5ghz_60s.csv", str(other)],
                             "topology": {"kind": "star", "n_devices": 2, "cross_traffic_bps": 2e6,
-                                         "backhaul_rate_bps": 100e6}})
+                                         "backhaul_rate_bps": 100e6,
+                                         "device_traces": {"files": ["traces/builtin/pedestrian_3p5ghz_60s.csv",
+                                                                     str(other)]}}})
     res = run_experiment(runs, tmp_path, "emulate", progress=False)
     s = res["star"][0]
     assert s["vanilla"]["problems"] == 4 and s["vanilla"]["failed"] == 0  # 2 devices x 2 problems

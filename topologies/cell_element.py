@@ -17,7 +17,7 @@ Control is a line protocol on standard input, as :mod:`topologies.delay_element`
 ``rates <r0> <r1> …`` sets each device's rate in bit/s (from its own channel; applies from the
 next TTI); ``stats`` answers one JSON line on standard output (:func:`run` lists the fields).
 A malformed line is ignored. The element exits when its standard input closes (releasing what
-it holds), dies with the orchestrator that started it (``nodes.lifecycle``) and runs with
+it holds), dies with the orchestrator that started it (``procs.lifecycle``) and runs with
 real-time priority where allowed (:mod:`topologies.realtime`).
 
 Usage (inside the namespace): python -m topologies.cell_element --queue Q --device IP …
@@ -37,7 +37,7 @@ import time
 from dataclasses import dataclass
 
 from channel_models.cell import SCHEDULERS, make_scheduler
-from nodes.lifecycle import child_environment, die_with_orchestrator, pdeathsig_prefix
+from procs.lifecycle import child_environment, die_with_orchestrator, pdeathsig_prefix
 from topologies.realtime import make_realtime
 
 MAX_CATCH_UP_TTI = 20  # late TTIs run back to back after a stall; older ones are skipped

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from topologies.net import EDGE_IP, EmulatedNetwork, device_ip
+from topologies.net import EmulatedNetwork
 from topologies.probe_traffic import UDP_IP_ETH_BYTES
 from topologies.replayer import ReplayOptions, StepLog, TraceReplayer
 from topologies.shapers import QueueLimit
@@ -126,7 +126,7 @@ def run_link_check(trace: Trace, backend: str = "auto", duration_s: float = 10.0
         net.links[0]["down"].set(first["rate_bps_down"], first["delay_ms_down"], first["loss_down"])
         replayer = TraceReplayer(net.links, [trace], ReplayOptions(loop_to_ms=duration_s * 1000.0))
         out = net.run_dir
-        ends = {"up": (dev, edge, EDGE_IP), "down": (edge, dev, device_ip(0))}
+        ends = {"up": (dev, edge, net.layout.edge.ip), "down": (edge, dev, net.layout.devices[0].ip)}
         # Highest rate each bulk phase will meet (the trace is looped to the duration).
         max_rate = {d: float(replayer.traces[0].data[f"rate_bps_{d}"].max()) for d in ends}
         # Every receiver and sender starts armed (no schedule yet) and says ready; the schedule is
