@@ -14,8 +14,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from nodes.decoding import (BatchedLM, BatchedVerifier, CachedLM, Drafter, ExactMatch, ScoreRequest, Verifier,
-                            VerifyContext, autoregressive_generate, speculative_generate, verify_round)
+from nodes.decoding import (BatchedLM, BatchedVerifier, CachedLM, Drafter, ExactMatch, ScoreRequest, TopKAcceptance,
+                            TypicalAcceptance, Verifier, autoregressive_generate, speculative_generate, verify_round)
+from nodes.decoding.batched_round import BatchItem, verify_batch
 
 RTOL = ATOL = 1e-5
 
@@ -129,9 +130,9 @@ def test_one_row_batch_is_bitwise_the_batch1_verifier(default_pair, family):
 
 
 def test_batched_greedy_speculation_equals_target_greedy(default_pair):
-    """Four sessions drafting different γ per round, verified together (ExactMatch per row): each
-    output is the target's own greedy output (the default pair's top-2 logit gaps are far above the
-    batch's rounding here)."""
+    """Four sessions drafting different γ per round, verified together (verify_batch, ExactMatch on
+    each row): each output is the target's own greedy output (the default pair's top-2 logit gaps
+    are far above the batch's rounding on these prompts)."""
     pair, tok = default_pair, default_pair.tokenizer
     prompts = [tok(f"Question : {a} + {b} = ? Answer :")["input_ids"] for a, b in ((3, 4), (12, 30), (7, 58), (41, 9))]
     want = [autoregressive_generate(pair.target, p, 20) for p in prompts]
@@ -143,16 +144,43 @@ def test_batched_greedy_speculation_equals_target_greedy(default_pair):
     while any(len(o) < 20 for o in outs):
         live = [i for i, o in enumerate(outs) if len(o) < 20]
         blocks = [drafters[i].draft(seqs[i], min(1 + (i + rnd) % 5, 20 - len(outs[i]))).tokens for i in live]
-        batch = bv.score_batch([ScoreRequest(slots[i], seqs[i], b) for i, b in zip(live, blocks)])
-        for i, b, row in zip(live, blocks, batch.rows):
-            dec = ExactMatch().verify(VerifyContext(torch.tensor(b), row.logits, row.hidden))
-            new = b[: dec.n_accepted] + [dec.next_token]
+        outcomes = verify_batch(bv, [BatchItem(slots[i], seqs[i], b, ExactMatch()) for i, b in zip(live, blocks)])
+        for i, r in zip(live, outcomes):
+            new = r.new_tokens
             seqs[i] += new
             outs[i] += new
             bv.commit(slots[i], len(seqs[i]))
             drafters[i].commit(len(seqs[i]))
         rnd += 1
     assert [o[:20] for o in outs] == want
+
+
+def test_verify_batch_decides_each_row_as_verify_round(default_pair):
+    """Mixed policies in one batch: each session's decision and committed tokens equal
+    verify_round's on its own Verifier, round after round (drafts of the real drafter)."""
+    pair, tok = default_pair, default_pair.tokenizer
+    policies = [ExactMatch(), TopKAcceptance(k=2), TypicalAcceptance(), TopKAcceptance(k=3)]
+    prompts = [tok(f"Question : {a} - {b} = ? Answer :")["input_ids"] for a, b in ((9, 4), (52, 17), (30, 8), (6, 6))]
+    bv = BatchedVerifier(pair.target, max_batch_size=4, max_len=128)
+    slots = [bv.open() for _ in prompts]
+    refs, drafters = [Verifier(pair.target) for _ in prompts], [Drafter(pair.drafter) for _ in prompts]
+    seqs = [list(p) for p in prompts]
+    relaxed = 0
+    for rnd in range(6):
+        blocks = [d.draft(s, 2 + (i + rnd) % 4) for i, (d, s) in enumerate(zip(drafters, seqs))]
+        items = [BatchItem(sl, s, b.tokens, pol, drafter_hidden=b.hidden)
+                 for sl, s, b, pol in zip(slots, seqs, blocks, policies)]
+        for i, got in enumerate(verify_batch(bv, items)):
+            want = verify_round(refs[i], policies[i], seqs[i], blocks[i].tokens, drafter_hidden=blocks[i].hidden)
+            a, b = got.decision, want.decision
+            assert (a.n_accepted, a.n_exact, a.n_harmless, a.next_token, a.first_mismatch) == \
+                (b.n_accepted, b.n_exact, b.n_harmless, b.next_token, b.first_mismatch), (rnd, i)
+            assert got.new_tokens == want.new_tokens and got.n_prefill == want.n_prefill
+            relaxed += a.n_harmless
+            seqs[i] += got.new_tokens
+            bv.commit(slots[i], len(seqs[i])), refs[i].commit(len(seqs[i])), drafters[i].commit(len(seqs[i]))
+    assert len({len(s) for s in seqs}) > 1
+    assert relaxed > 0  # the relaxed policies accepted near misses on their own rows
 
 
 def test_slot_cache_bookkeeping_and_errors(default_pair):
