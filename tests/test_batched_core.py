@@ -14,9 +14,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from nodes.decoding import (BatchedLM, BatchedVerifier, CachedLM, Drafter, ExactMatch, ScoreRequest, TopKAcceptance,
-                            TypicalAcceptance, Verifier, autoregressive_generate, speculative_generate, verify_round)
-from nodes.decoding.batched_round import BatchItem, verify_batch
+from nodes.decoding import (BatchedLM, BatchedVerifier, BatchItem, CachedLM, Drafter, ExactMatch, ScoreRequest,
+                            TopKAcceptance, TypicalAcceptance, Verifier, autoregressive_generate, speculative_generate,
+                            verify_batch, verify_round)
 
 RTOL = ATOL = 1e-5
 
