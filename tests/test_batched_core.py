@@ -212,6 +212,10 @@ def test_slot_cache_bookkeeping_and_errors(default_pair):
     bv.score_batch([ScoreRequest(s, [4, 5, 6], [7])])
     with pytest.raises(ValueError, match="commit"):  # not rolled back: the slot holds all of seq
         bv.score_batch([ScoreRequest(s, [4, 5, 6, 7], [])])
+    with pytest.raises(ValueError, match="max_len"):  # refused on arrival, alone
+        bv.check(ScoreRequest(s, [4, 5, 6, 7, 8], list(range(3, 15))))
+    with pytest.raises(ValueError, match="empty"):
+        bv.check(ScoreRequest(s, [], [3]))
 
 
 def test_models_outside_the_lean_family_run_row_by_row(default_pair):

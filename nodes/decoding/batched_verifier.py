@@ -81,22 +81,32 @@ class BatchedVerifier:
         """Roll ``slot`` back to the committed ``seq_len - 1`` tokens (the last is re-fed next round)."""
         self.lm.crop(slot, seq_len - 1)
 
+    def check(self, request: ScoreRequest) -> None:
+        """ValueError when ``request`` cannot join a batch: an unknown slot (IndexError), an empty
+        sequence, a slot holding ``len(seq)`` positions or more (not committed since its last round),
+        or more positions than the slot's ``max_len``. A scheduler checks each request on arrival, so
+        one bad request is refused alone instead of failing the batch it would join."""
+        have = self.lm.length(request.slot)
+        if not request.seq:
+            raise ValueError(f"slot {request.slot}: the committed sequence is empty")
+        if have >= len(request.seq):
+            raise ValueError(f"slot {request.slot} holds {have} positions for a sequence of {len(request.seq)}: "
+                             "commit (roll back) after each round")
+        if len(request.seq) + len(request.draft) > self.lm.cache.max_len:
+            raise ValueError(f"slot {request.slot}: {len(request.seq)} + {len(request.draft)} positions exceed "
+                             f"max_len {self.lm.cache.max_len}")
+
     def score_batch(self, requests: Sequence[ScoreRequest]) -> BatchScore:
         """One target forward over every request's draft after its committed sequence: per row,
         logits [γ+1, V] and hidden [γ+1, H] as ``Verifier.score`` gives for that session alone.
         A slot must hold a prefix of its ``seq`` shorter than ``seq`` (commit after each round);
-        ValueError for an empty sequence, a slot twice, or a slot holding ``len(seq)`` positions or
-        more."""
+        ValueError, before anything is computed, for a request :meth:`check` refuses or a slot twice."""
         if not requests:
             raise ValueError("score_batch needs at least one request")
         blocks, keep, prefill = [], [], []
         for r in requests:
+            self.check(r)
             have = self.lm.length(r.slot)
-            if not r.seq:
-                raise ValueError(f"slot {r.slot}: the committed sequence is empty")
-            if have >= len(r.seq):
-                raise ValueError(f"slot {r.slot} holds {have} positions for a sequence of {len(r.seq)}: "
-                                 "commit (roll back) after each round")
             blocks.append(list(r.seq[have:]) + list(r.draft))
             keep.append(len(r.draft) + 1)
             prefill.append(len(r.seq) - have - 1)
