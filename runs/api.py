@@ -35,7 +35,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from nodes.config import ModelConfig, RunConfig
+from nodes.config import RunConfig
 from runs.devices import DeviceSetup, device_tag, resolve_devices
 from runs.summary import ProtocolSummary, summarise
 from runs.tables import write_run_tables
