@@ -35,7 +35,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from nodes.config import ModelConfig, RunConfig, TaskConfig
+from nodes.config import RunConfig
+from runs.devices import DeviceSetup, device_tag, resolve_devices
 from runs.summary import ProtocolSummary, summarise
 from runs.tables import write_run_tables
 from topologies.capture import CaptureSettings, start_capture, stop_capture
@@ -126,11 +127,17 @@ class Testbed:
         if not self.edge.stdout.readline().decode().startswith("ready"):
             raise RunFailed(f"the edge did not start{_exit_and_cause(self.edge, edge_log)}")
 
+    def devices(self, cfg: RunConfig) -> list[DeviceSetup[Path]]:
+        """The devices a protocol run with ``cfg`` starts (:func:`runs.devices.resolve_devices`,
+        as the simulator resolves them): device k runs ``cfg.for_device(k)`` over its trace."""
+        return resolve_devices(cfg, self.trace_paths)
+
     def protocol_config(self, protocol: str, problems: int | None = None, gamma: int | None = None,
                         split: str | None = None, max_new_tokens: int | None = None) -> RunConfig:
         """The testbed's config for ``protocol``, with the given settings changed."""
         c, t = self.config, self.config.task
-        task = TaskConfig(split or t.split, problems or t.problems, t.start_index, max_new_tokens or t.max_new_tokens)
+        task = replace(t, split=split or t.split, problems=problems or t.problems,
+                       max_new_tokens=max_new_tokens or t.max_new_tokens)  # kind, file, chat_template kept
         return replace(c, protocol=protocol, gamma=gamma or c.gamma, task=task)
 
     def run_protocol(self, protocol: str, problems: int | None = None, gamma: int | None = None,
@@ -145,9 +152,11 @@ class Testbed:
         cfg = config or self.protocol_config(protocol, problems, gamma, split, max_new_tokens)
         protocol = cfg.protocol
         rd = self.run_dir
-        cfg_path = cfg.write(rd / f"config-{protocol}.json")
+        cfg.write(rd / f"config-{protocol}.json")
         n = len(self.net.devices)
-        tag = (lambda k: protocol) if n == 1 else (lambda k: f"{protocol}-d{k}")
+        devices = self.devices(cfg)
+        tag = lambda k: device_tag(protocol, k, n)  # noqa: E731
+        cfg_paths = [d.config.write(rd / f"config-{tag(k)}.json") for k, d in enumerate(devices)]  # device k's own
         dev_logs = [rd / f"device-{tag(k)}.log" for k in range(n)]
         replayer = self._replayer(timeout_s * 1000.0)
         replayer.apply_first()  # hello and the first request already see the trace's first step, not the last
@@ -161,8 +170,8 @@ class Testbed:
                 dev = self.net.popen(
                     host,
                     [sys.executable, "-m", "wisv.cli", "node", "device", "--connect", f"tcp://{EDGE_IP}:{EDGE_PORT}",
-                     "--threads", "1", "--config", str(cfg_path), "--device-index", str(k),
-                     "--log", str(rd / f"rounds-{tag(k)}.jsonl"), "--trace", str(self.trace_paths[k]), "--wait-go",
+                     "--threads", "1", "--config", str(cfg_paths[k]),
+                     "--log", str(rd / f"rounds-{tag(k)}.jsonl"), "--trace", str(devices[k].trace), "--wait-go",
                      "--json-out", str(rd / f"requests-{tag(k)}.json"), "--count-iface", host.intfList()[0].name],
                     f"device {k}", dev_logs[k], watch=False,
                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=errs[-1], cwd=str(REPO))

@@ -1,6 +1,8 @@
 """The experiment spec's one schema (pydantic): every key, its type, its default, its unit and
 what it means. Spec validation, sweep-key checks and the documentation (``wisv run --schema``,
-``docs/spec.md``) all read these models. Names of protocols, topologies, shaper backends, wire
+``docs/spec.md``) all read these models. A key that is a setting of the run config, the replay,
+the link queue or the capture takes its default from that dataclass (``field_default``), the
+one place it is written. Names of protocols, topologies, shaper backends, wire
 dtypes and compute profiles come from their registries.
 """
 from __future__ import annotations
@@ -11,10 +13,13 @@ from typing import Any, Literal, Union, get_args, get_origin
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from nodes.config import ModelConfig, RunConfig, TaskConfig, field_default
 from nodes.profiles import PRESETS as COMPUTE_PRESETS
 from nodes.protocols import PROTOCOLS
 from nodes.wire import WIRE_DTYPES
-from topologies.shapers import BACKEND_CHOICES
+from topologies.capture import CaptureSettings
+from topologies.replayer import ReplayOptions
+from topologies.shapers import BACKEND_CHOICES, QueueLimit
 from topologies.topo import TOPOLOGIES
 from traces.defaults import DEFAULT_TRACE
 
@@ -105,9 +110,10 @@ class Trace(Section):
 class Replay(Section):
     """Which part of the trace is replayed, and how fast."""
 
-    start_ms: float = Field(0.0, ge=0, description="slice start, ms")
-    end_ms: float | None = Field(None, gt=0, description="slice end, ms (null: the end)")
-    time_scale: float = Field(1.0, gt=0, description="time factor (2: the trace plays half as fast)")
+    start_ms: float = Field(field_default(ReplayOptions, "start_ms"), ge=0, description="slice start, ms")
+    end_ms: float | None = Field(field_default(ReplayOptions, "end_ms"), gt=0, description="slice end, ms (null: "
+                                 "the end)")
+    time_scale: float = Field(field_default(ReplayOptions, "scale"), gt=0, description="time factor (2: the trace plays half as fast)")
 
     @model_validator(mode="after")
     def _order(self) -> "Replay":
@@ -119,8 +125,8 @@ class Replay(Section):
 class Link(Section):
     """The shaped links."""
 
-    backend: str = Field("auto", description=f"shaping backend: {', '.join(BACKEND_CHOICES)}")
-    queue_packets: int = Field(1000, ge=1, le=1_000_000, description="queue bound of each shaped link, packets")
+    backend: str = Field(BACKEND_CHOICES[0], description=f"shaping backend: {', '.join(BACKEND_CHOICES)}")
+    queue_packets: int = Field(field_default(QueueLimit, "packets"), ge=1, le=1_000_000, description="queue bound of each shaped link, packets")
 
     @field_validator("backend")
     @classmethod
@@ -136,10 +142,10 @@ class Capture(Section):
     of what was sent and one of what arrived after delay and loss, in RUN_DIR/pcap/; read them with
     `wisv pcap RUN_DIR` or Wireshark."""
 
-    enabled: bool = Field(False, description="capture the emulated links (also: wisv run --capture)")
-    snaplen_bytes: int = Field(256, ge=96, le=65535, description="bytes kept per packet (headers and the start of "
+    enabled: bool = Field(field_default(CaptureSettings, "enabled"), description="capture the emulated links (also: wisv run --capture)")
+    snaplen_bytes: int = Field(field_default(CaptureSettings, "snaplen_bytes"), ge=96, le=65535, description="bytes kept per packet (headers and the start of "
                                "the payload; 96 at least)")
-    max_mb_per_file: float = Field(64.0, gt=0, le=65536, description="size cap of each pcap file, MB (2^20 bytes); a "
+    max_mb_per_file: float = Field(field_default(CaptureSettings, "max_mb_per_file"), gt=0, le=65536, description="size cap of each pcap file, MB (2^20 bytes); a "
                                    "capture that reaches it stops and is marked truncated")
 
 
@@ -168,12 +174,13 @@ class Compute(Section):
 class Models(Section):
     """Local model folders (null: the shipped default pair)."""
 
-    drafter: str | None = Field(None, description="drafter folder (Hugging Face format)")
-    target: str | None = Field(None, description="target folder (same tokenizer)")
-    drafter_device: str = Field("cpu", description="torch device of the drafter: cpu, cuda, cuda:N")
-    target_device: str = Field("cpu", description="torch device of the target (a GPU edge: cuda)")
-    drafter_dtype: Literal["fp32", "bf16", "fp16"] = Field("fp32", description="drafter weights dtype")
-    target_dtype: Literal["fp32", "bf16", "fp16"] = Field("fp32", description="target weights dtype (greedy "
+    drafter: str | None = Field(field_default(ModelConfig, "drafter"), description="drafter folder (Hugging Face "
+                                "format)")
+    target: str | None = Field(field_default(ModelConfig, "target"), description="target folder (same tokenizer)")
+    drafter_device: str = Field(field_default(ModelConfig, "drafter_device"), description="torch device of the drafter: cpu, cuda, cuda:N")
+    target_device: str = Field(field_default(ModelConfig, "target_device"), description="torch device of the target (a GPU edge: cuda)")
+    drafter_dtype: Literal["fp32", "bf16", "fp16"] = Field(field_default(ModelConfig, "drafter_dtype"), description="drafter weights dtype")
+    target_dtype: Literal["fp32", "bf16", "fp16"] = Field(field_default(ModelConfig, "target_dtype"), description="target weights dtype (greedy "
                                                           "exactness against the target holds in fp32 only)")
 
 
@@ -181,14 +188,14 @@ class Task(Section):
     """The problems. Repetition k of a run uses problems [start_index + k·problems, … + problems)
     of the split, so repetitions never repeat problems; all protocols of a repetition share them."""
 
-    kind: str = Field("arith", description="arith (built-in), gsm8k (GSM8K-format JSONL) or humaneval (code tasks, "
+    kind: str = Field(field_default(TaskConfig, "kind"), description="arith (built-in), gsm8k (GSM8K-format JSONL) or humaneval (code tasks, "
                                            "scored by running their tests)")
-    file: str | None = Field(None, description="the JSONL file of a gsm8k or humaneval task")
-    chat_template: bool = Field(False, description="wrap prompts in the tokenizer's chat template")
-    split: Literal["train", "validation", "test"] = Field("test", description="task split (arith)")
-    problems: int = Field(20, ge=1, le=100_000, description="problems per protocol, per device and repetition")
-    start_index: int = Field(0, ge=0, description="first problem index in the split")
-    max_new_tokens: int = Field(128, ge=1, le=4096, description="longest answer, tokens")
+    file: str | None = Field(field_default(TaskConfig, "file"), description="the JSONL file of a gsm8k or humaneval task")
+    chat_template: bool = Field(field_default(TaskConfig, "chat_template"), description="wrap prompts in the tokenizer's chat template")
+    split: Literal["train", "validation", "test"] = Field(field_default(TaskConfig, "split"), description="task split (arith)")
+    problems: int = Field(field_default(TaskConfig, "problems"), ge=1, le=100_000, description="problems per protocol, per device and repetition")
+    start_index: int = Field(field_default(TaskConfig, "start_index"), ge=0, description="first problem index in the split")
+    max_new_tokens: int = Field(field_default(TaskConfig, "max_new_tokens"), ge=1, le=4096, description="longest answer, tokens")
 
 
     @field_validator("kind")
@@ -224,23 +231,23 @@ class Spec(Section):
     capture: Capture = Field(default_factory=Capture)
     protocols: list[str] | None = Field(None, min_length=1, description="protocols compared (null: the "
                                         "registry's default comparison; names below)")
-    gamma: int = Field(4, ge=1, le=32, description="draft tokens per round")
-    lambda_ms: float | None = Field(None, gt=0, description="price of an accuracy-changing acceptance, ms (null: "
+    gamma: int = Field(field_default(RunConfig, "gamma"), ge=1, le=32, description="draft tokens per round")
+    lambda_ms: float | None = Field(field_default(RunConfig, "lambda_ms"), gt=0, description="price of an accuracy-changing acceptance, ms (null: "
                                     "the head's own)")
-    temperature: float = Field(0.0, ge=0, le=10, description="0: greedy; > 0 samples (vanilla, ar-edge)")
-    hidden_dtype: str = Field("f16", description=f"hidden states on the wire: {', '.join(WIRE_DTYPES)}")
-    hidden_wire_width: int | None = Field(None, ge=1, le=65536, description="elements per drafter hidden row on the "
+    temperature: float = Field(field_default(RunConfig, "temperature"), ge=0, le=10, description="0: greedy; > 0 samples (vanilla, ar-edge)")
+    hidden_dtype: str = Field(field_default(RunConfig, "hidden_dtype"), description=f"hidden states on the wire: {', '.join(WIRE_DTYPES)}")
+    hidden_wire_width: int | None = Field(field_default(RunConfig, "hidden_wire_width"), ge=1, le=65536, description="elements per drafter hidden row on the "
                                           "wire (null: the drafter's own width): the device zero-pads each uploaded "
                                           "row to it and the edge drops the padding before the head, so link costs "
                                           "are those of a drafter this wide (e.g. 2048 for Llama-3.2-1B); at least "
                                           "the drafter's width")
     compute: Compute = Field(default_factory=Compute)
     models: Models = Field(default_factory=Models)
-    head_dir: str | None = Field(None, description="folder of head-full/head-target.safetensors (null: shipped)")
+    head_dir: str | None = Field(field_default(RunConfig, "head_dir"), description="folder of head-full/head-target.safetensors (null: shipped)")
     task: Task = Field(default_factory=Task)
     repetitions: int = Field(1, ge=1, le=1000, description="repetitions; each draws its own problems and its own "
                              "channel realisation (trace offset k/R of the trace, or generator seed + k)")
-    seed: int = Field(0, ge=0, description="seed of losses, sampling and generated traces")
+    seed: int = Field(field_default(RunConfig, "seed"), ge=0, description="seed of losses, sampling and generated traces")
     sweep: Sweep = Field(default_factory=Sweep)
 
     @field_validator("name")

@@ -8,7 +8,10 @@ from the run's compute profiles exactly (measured only where a node's profile is
 ``measured``), so with profiles a simulation is a pure function of its spec: no wall clock. Messages go
 through the real encoder and the real edge handler, so byte counts and decisions are those of
 an emulated run; ``t_start``/``t_end`` in the logs are virtual seconds. Every protocol starts
-at the trace's beginning, so all protocols see the same channel.
+at the trace's beginning, so all protocols see the same channel. Every device of the run is
+simulated (:mod:`runs.devices`: the configs and traces an emulated run gives its devices), each
+over its own link and virtual clock, all served by one edge; the edge does not make devices
+wait for each other (no queueing between sessions is modelled).
 """
 from __future__ import annotations
 
@@ -28,6 +31,7 @@ from nodes.oracle import AnswerOracle
 from nodes.models import ModelPair
 from nodes.telemetry import RoundLogger
 from nodes.wire import Error, Message, decode, encode, encoded_size
+from runs.devices import device_tag, resolve_devices
 from runs.summary import ProtocolSummary, summarise
 from traces.format import Trace
 
@@ -122,29 +126,46 @@ class SimTransport:
         """Nothing to close."""
 
 
-def simulate_protocol(pair: ModelPair, trace: Trace, cfg: RunConfig, out_dir: Path | None = None,
+def simulate_protocol(pair: ModelPair, trace: Trace | list[Trace], cfg: RunConfig, out_dir: Path | None = None,
                       oracle: AnswerOracle | None = None) -> ProtocolSummary:
-    """One protocol (``cfg.protocol``) over ``trace`` with the analytic link; per-round logs go to
-    ``out_dir/rounds-<protocol>.jsonl``, the requests and the resolved config to
-    ``out_dir/requests-<protocol>.json``. ``oracle``: the edge's judge for the oracle protocol
-    (default: a new one for ``cfg.task``; pass one to share its labels between runs)."""
+    """One protocol (``cfg.protocol``) with the analytic link, for every device: ``trace`` (one
+    device), or one trace per device of a list. Device k runs its own config
+    (:func:`runs.devices.resolve_devices`: ``cfg.for_device(k)``, its own slice of the problems)
+    over its own link (trace k, loss seed :func:`runs.devices.link_seed`) and its own virtual
+    clock, each a session of one edge. Per-round logs go to ``out_dir/rounds-<tag>.jsonl``, the
+    requests and the device's config to ``out_dir/requests-<tag>.json`` (tag: the protocol, or
+    ``<protocol>-d<k>`` with several devices, as emulated); the summary covers every device.
+    ``oracle``: the edge's judge for the oracle protocol (default: a new one for ``cfg.task``;
+    pass one to share its labels between runs)."""
+    traces = trace if isinstance(trace, list) else [trace]
+    devices = resolve_devices(cfg, traces)
     oracle = oracle or AnswerOracle(pair.target, pair.tokenizer, pair.eos_token_id, cfg.task)
     edge = EdgeServer(pair.target, pair.eos_token_id, bind=None, head_dir=cfg.head_dir, profile=cfg.compute.edge,
                       lambda_ms=cfg.lambda_ms, oracle=oracle)
-    transport = SimTransport(edge, AnalyticLink(trace, seed=cfg.seed), cfg)
-    logger = RoundLogger(out_dir / f"rounds-{cfg.protocol}.jsonl") if out_dir else None
-    client = DeviceClient(pair.drafter, cfg, pair.eos_token_id, transport, round_logger=logger, csi=transport.csi)
+    tags = [device_tag(cfg.protocol, d.index, len(devices)) for d in devices]
+    loggers = [RoundLogger(out_dir / f"rounds-{tag}.jsonl") if out_dir else None for tag in tags]
+    clients = []
+    requests: list[dict] = []
+    rounds: list[dict] = []
     try:
-        client.hello()
-        requests, results = run_problems(client, pair, cfg.task)
-        client.close()
+        for d, logger in zip(devices, loggers):  # every device holds a session, as in an emulated run
+            transport = SimTransport(edge, AnalyticLink(d.trace, seed=d.link_seed), d.config)
+            clients.append(DeviceClient(pair.drafter, d.config, pair.eos_token_id, transport, round_logger=logger,
+                                        csi=transport.csi))
+            clients[-1].hello()
+        for d, client, tag in zip(devices, clients, tags):
+            reqs, results = run_problems(client, pair, d.config.task)
+            requests += reqs
+            rounds += [x.to_record() for r in results for x in r.rounds]
+            if out_dir:
+                write_requests(out_dir / f"requests-{tag}.json", d.config, reqs)
+        for client in clients:
+            client.close()
     finally:
-        if logger:
-            logger.close()
-    rounds = [x.to_record() for r in results for x in r.rounds]
+        for logger in loggers:
+            if logger:
+                logger.close()
     summary = summarise(cfg.protocol, requests, rounds)
-    if out_dir:
-        write_requests(out_dir / f"requests-{cfg.protocol}.json", cfg, requests)
     log.info("%s: %s", cfg.protocol, summary)
     return summary
 
@@ -155,10 +176,11 @@ def write_requests(path: Path, cfg: RunConfig, requests: list[dict]) -> None:
                     + "\n")
 
 
-def simulate(pair: ModelPair, trace: Trace, cfg: RunConfig, protocols: list[str],
+def simulate(pair: ModelPair, trace: Trace | list[Trace], cfg: RunConfig, protocols: list[str],
              out_dir: Path | None = None, oracle: AnswerOracle | None = None) -> dict[str, ProtocolSummary]:
-    """Every protocol over the same trace segment with the analytic link (see
-    :func:`simulate_protocol`, also for ``oracle``); the summaries go to ``out_dir/summary.json``."""
+    """Every protocol over the same trace segment(s) with the analytic link, every device of the
+    run (``trace``: one device; a list: one trace per device; see :func:`simulate_protocol`,
+    also for ``oracle``); the summaries go to ``out_dir/summary.json``."""
     import torch
 
     if out_dir:

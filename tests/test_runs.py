@@ -310,3 +310,18 @@ def test_star_experiment_two_devices_with_cross_traffic(tmp_path):
     assert rounds.groupby("protocol")["device_id"].agg(set).map(sorted).tolist() == [["dev0", "dev1"]] * 2
     assert set(pd.read_parquet(tmp_path / "requests.parquet")["protocol"]) == {"vanilla", "wisv-full"}
     assert (rounds["csi_rtt_ms"] == 80.0).any() and (rounds["csi_rtt_ms"] < 80.0).any()  # each device its own trace
+
+
+def test_the_spec_s_capture_reaches_the_emulation(tmp_path):
+    """The spec's ``capture`` section is handed to the emulation as a value (no longer read back
+    from spec.json): an experiment with capture on writes the pcaps of its device link."""
+    from runs.experiment import run_experiment
+    from runs.spec import load_spec
+
+    runs = load_spec(None, {"name": "cap", "protocols": ["vanilla"], "task": {"problems": 1, "max_new_tokens": 16},
+                            "capture": {"enabled": True, "snaplen_bytes": 128}})
+    run_experiment(runs, tmp_path, "emulate", progress=False)
+    rd = tmp_path / "cap" / "rep0"
+    manifest = json.loads((rd / "pcap" / "capture.json").read_text())
+    assert manifest["captures"] and list((rd / "pcap").glob("*.pcap"))
+    assert {c["snaplen_bytes"] for c in manifest["captures"]} == {128}  # the spec's own setting
