@@ -114,15 +114,16 @@ def test_run_cli_simulated_and_report_json(tmp_path):
 def test_device_traces_from_the_spec_rotated_or_one_file_each(tmp_path):
     """``topology.device_traces``: one trace rotated per device (device k starts k/N into the
     run's trace), or each device its own file; the network's topology is unchanged by either."""
-    from runs.experiment import _device_traces
+    from runs.job import prepared_traces, replay_options
     from traces.format import read_trace, write_trace
     from traces.synthetic import step_trace
 
     trace = write_trace(step_trace(100.0, 3.0, rates_bps=[1e6, 2e6, 3e6], delays_ms=[10.0], seed=0), tmp_path / "t.parquet")
     rows = read_trace(trace).data
-    run = load_spec(None, {"topology": {"kind": "star", "n_devices": 3, "device_traces": {"rotate": True}}})[0]
+    run = load_spec(None, {"trace": {"file": str(trace)},
+                           "topology": {"kind": "star", "n_devices": 3, "device_traces": {"rotate": True}}})[0]
     assert run.topology().n_devices == 3 and run.device_traces().rotate
-    files = _device_traces(run, trace, tmp_path)
+    files = prepared_traces(run, 0, tmp_path, replay_options(run))
     assert [f.name for f in files] == ["trace-d0.parquet", "trace-d1.parquet", "trace-d2.parquet"]
     for k, f in enumerate(files):
         t = read_trace(f)
@@ -134,6 +135,9 @@ def test_device_traces_from_the_spec_rotated_or_one_file_each(tmp_path):
     other = write_trace(step_trace(100.0, 1.0, rates_bps=[7e6], delays_ms=[5.0]), tmp_path / "o.parquet")
     run = load_spec(None, {"topology": {"kind": "star", "n_devices": 2,
                                         "device_traces": {"files": [str(trace), str(other)]}}})[0]
-    files = _device_traces(run, trace, tmp_path / "own")
+    (tmp_path / "own").mkdir()
+    files = prepared_traces(run, 0, tmp_path / "own", replay_options(run))
     assert read_trace(files[1]).data["rate_bps_up"].tolist() == [7e6] * 10
-    assert _device_traces(load_spec(None, {"topology": {"kind": "star", "n_devices": 2}})[0], trace, tmp_path) is None
+    (tmp_path / "shared").mkdir()
+    run = load_spec(None, {"trace": {"file": str(trace)}, "topology": {"kind": "star", "n_devices": 2}})[0]
+    assert [f.name for f in prepared_traces(run, 0, tmp_path / "shared", replay_options(run))] == ["trace.parquet"] * 2
