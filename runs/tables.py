@@ -24,7 +24,6 @@ import re
 import time
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 
 TABLES = ("rounds", "requests", "link_steps")
@@ -69,40 +68,20 @@ def _device_index(device_id: str) -> int:
     return int(m.group(1)) if m else 0
 
 
-def _worst_in_windows(times_s: np.ndarray, values: np.ndarray, t0_s: np.ndarray, t1_s: np.ndarray,
-                      take_max: bool) -> np.ndarray:
-    """Per window [t0, t1]: the worst (max or min) of ``values`` in force at any time in it —
-    the step in force at t0 (the first one before any) and every step that starts up to t1.
-    ``times_s`` sorted ascending."""
-    first = np.maximum(np.searchsorted(times_s, t0_s, side="right") - 1, 0)
-    stop = np.maximum(np.searchsorted(times_s, t1_s, side="right"), first + 1)
-    reduce = np.max if take_max else np.min
-    return np.array([reduce(values[a:b]) for a, b in zip(first, stop)], dtype=float)
-
-
 def worst_csi_columns(rounds: pd.DataFrame, steps: pd.DataFrame, time_col: str,
                       period_s: float | None = None) -> pd.DataFrame:
     """:data:`WORST_CSI` columns for ``rounds`` (one device's) from ``steps``: the link values
     with the time each came into force (``time_col``, on the clock of the rounds'
-    ``t_start``/``t_end``, seconds). With ``period_s`` the steps repeat (a looping trace on a
-    virtual clock): the windows are folded into one period."""
-    steps = steps.sort_values(time_col)
-    times = steps[time_col].to_numpy(dtype=float)
-    t0, t1 = rounds["t_start"].to_numpy(dtype=float), rounds["t_end"].to_numpy(dtype=float)
-    wrap = np.zeros(len(rounds), dtype=bool)
-    if period_s:
-        whole = (t1 - t0) >= period_s
-        t0, t1 = np.mod(t0, period_s), np.mod(t1, period_s)
-        wrap = ~whole & (t1 < t0)  # the window runs past the period's end: [t0, P) and [0, t1]
-        t0, t1 = np.where(whole, times[0], t0), np.where(whole, np.inf, t1)
+    ``t_start``/``t_end``, seconds), read as one :class:`traces.schedule.LinkSchedule`. With
+    ``period_s`` the steps repeat (a looping trace on a virtual clock): the windows are folded
+    into one period."""
+    from traces.schedule import LinkSchedule
+
+    schedule = LinkSchedule.from_steps(steps, time_col, 1000.0, period_s * 1000.0 if period_s else None)
+    t0, t1 = rounds["t_start"].to_numpy(dtype=float) * 1000.0, rounds["t_end"].to_numpy(dtype=float) * 1000.0
     out = {}
     for col, (src, scale, take_max) in WORST_CSI.items():
-        v = steps[src].to_numpy(dtype=float) * scale
-        w = _worst_in_windows(times, v, t0, np.where(wrap, np.inf, t1), take_max)
-        if wrap.any():
-            head = _worst_in_windows(times, v, np.full(len(t0), times[0]), t1, take_max)
-            w = np.where(wrap, (np.maximum if take_max else np.minimum)(w, head), w)
-        out[col] = w
+        out[col] = schedule.worst_in_windows(src, t0, t1, take_max) * scale
     return pd.DataFrame(out, index=rounds.index)
 
 
