@@ -24,6 +24,7 @@ import math
 import mmap
 import os
 import struct
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -106,12 +107,14 @@ class LinkStateReader:
                 return None
         return self._map
 
-    def read(self, tries: int = 1000) -> AppliedStep | None:
-        """The latest applied step; None before the first one was published."""
+    def read(self, timeout_s: float = 0.5) -> AppliedStep | None:
+        """The latest applied step; None before the first one was published. A write in
+        progress is waited out (yielding between tries), for at most ``timeout_s``."""
         m = self._mapped()
         if m is None:
             return None
-        for _ in range(tries):
+        deadline = time.monotonic() + timeout_s
+        while True:
             rec = LAYOUT.unpack_from(m, 0)
             seq = rec[0]
             if seq == 0:
@@ -120,7 +123,9 @@ class LinkStateReader:
                 values = dict(zip(LINK_COLUMNS, rec[4:4 + len(LINK_COLUMNS)]))
                 values["snr_db_up"] = rec[-1]
                 return AppliedStep(int(rec[1]), rec[2], rec[3], values)
-        raise RuntimeError(f"{self.path}: link state kept changing while read ({tries} tries)")
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"{self.path}: link state kept changing while read for {timeout_s:g} s")
+            time.sleep(0)  # let a writer in this process finish its record
 
     def csi(self) -> CSI:
         """The CSI report of the step the link applies now (an unknown channel's report before any)."""
