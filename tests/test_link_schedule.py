@@ -225,7 +225,7 @@ def test_an_imported_outage_reaches_the_round_logs(pair, tmp_path):
 
     from nodes.config import RunConfig, TaskConfig
     from runs.simulate import simulate
-    from runs.tables import worst_csi_columns
+    from runs.tables import worst_csi_from_schedule
     from traces.importers import ImportOptions, import_trace
 
     src = tmp_path / "outage.log"
@@ -241,6 +241,5 @@ def test_an_imported_outage_reaches_the_round_logs(pair, tmp_path):
     assert in_outage.any() and (~in_outage).any()
     assert (rounds.loc[in_outage, "csi_rate_up_mbps"] == 0).all()
     assert (rounds.loc[~in_outage, "csi_rate_up_mbps"] == 5.0).all()
-    worst = worst_csi_columns(rounds, trace.data.assign(t_s=trace.data["t_ms"] / 1000.0), "t_s",
-                              trace.duration_ms / 1000.0)
+    worst = worst_csi_from_schedule(rounds, schedule)
     assert (worst["csi_worst_rate_up_mbps"] == 0).sum() > in_outage.sum()  # rounds that waited one out
