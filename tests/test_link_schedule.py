@@ -59,6 +59,12 @@ def test_row_in_force_and_looping():
     assert list(s.steps(700.0)) == [(0, 0.0, 0), (1, 100.0, 1), (2, 200.0, 2), (3, 300.0, 0), (4, 400.0, 1),
                                     (5, 500.0, 2), (6, 600.0, 0)]
     assert list(once.steps(150.0)) == [(0, 0.0, 0), (1, 100.0, 1)]
+    # time scale: as traces.ops.time_scale, the same rows twice as long
+    from traces.ops import time_scale
+    slow = LinkSchedule.from_trace(_trace([1e6, 2e6, 3e6]), scale=2.0)
+    assert slow.period_ms == 600.0 and slow.row_at(250.0) == 1
+    assert all(slow.row_at(x) == LinkSchedule.from_trace(time_scale(_trace([1e6, 2e6, 3e6]), 2.0)).row_at(x)
+               for x in (0.0, 199.0, 200.0, 450.0, 599.0, 601.0))
     # the schedule of a trace is the trace's own row_at
     t = _trace([1e6, 2e6, 3e6])
     assert all(s.row_at(x) == t.row_at(x) for x in (0.0, 50.0, 100.0, 250.0))

@@ -87,9 +87,10 @@ class TraceReplayer:
         if publish is not None and len(publish) != len(links):
             raise ValueError("one link-state path per device link is needed")
         self.links = links
-        self.traces = [prepare(t, ReplayOptions(opts.start_ms, opts.end_ms, None, opts.scale)) for t in traces]
-        # The schedule loops when a length is asked for (to that length), else it is played once.
-        self.schedules = [LinkSchedule.from_trace(t, loop=opts.loop_to_ms is not None) for t in self.traces]
+        self.traces = [prepare(t, ReplayOptions(opts.start_ms, opts.end_ms)) for t in traces]  # the slices
+        # The schedule scales time, and loops when a length is asked for (to that length), else it is played once.
+        self.schedules = [LinkSchedule.from_trace(t, loop=opts.loop_to_ms is not None, scale=opts.scale)
+                          for t in self.traces]
         self.log = StepLog()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None

@@ -63,12 +63,15 @@ class LinkSchedule:
     # ------------------------------------------------------------------ construction
 
     @classmethod
-    def from_trace(cls, trace, loop: bool = True) -> "LinkSchedule":
+    def from_trace(cls, trace, loop: bool = True, scale: float = 1.0) -> "LinkSchedule":
         """The schedule of a :class:`traces.format.Trace` (time re-based to its first row);
-        ``loop``: it repeats with the trace's duration."""
+        ``loop``: it repeats with the trace's duration; ``scale``: time runs that many times
+        slower (2.0: the channel changes half as fast, as :func:`traces.ops.time_scale`)."""
+        if not scale > 0:
+            raise ValueError("scale must be positive")
         t = trace.data["t_ms"].to_numpy(dtype=float)
         cols = {c: trace.data[c].to_numpy(dtype=float) for c in trace.data.columns if c != "t_ms"}
-        return cls(t - t[0], cols, trace.duration_ms if loop else None)
+        return cls((t - t[0]) * scale, cols, trace.duration_ms * scale if loop else None)
 
     @classmethod
     def from_steps(cls, steps: pd.DataFrame, time_col: str = "applied_epoch_s", unit_ms: float = 1000.0,

@@ -11,8 +11,8 @@ import pandas as pd
 
 from runs.pcap.link import LinkInForce
 from runs.pcap.packets import Packet
-from runs.pcap.streams import (FlowArrays, Stream, flows_of, mark_retransmissions, match_arrivals, segments_at,
-                               build_stream, first_time, relative_seq)
+from runs.pcap.streams import (FlowArrays, Stream, build_stream, first_time, flows_of, mark_retransmissions,
+                               match_arrivals, relative_seq, segments_at)
 from runs.pcap.zmtp import ZmtpMessage, parse_zmtp
 from traces.schedule import row_in_force
 

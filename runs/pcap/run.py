@@ -11,7 +11,7 @@ from typing import Any, Iterator
 import pandas as pd
 
 from runs.pcap.link import LinkInForce
-from runs.pcap.messages import MESSAGE_COLUMNS, PACKET_COLUMNS, Direction, typed_frame, analyse_direction
+from runs.pcap.messages import MESSAGE_COLUMNS, PACKET_COLUMNS, Direction, analyse_direction, typed_frame
 from runs.pcap.packets import read_packets
 from runs.pcap.rounds import owd_sample, round_table, summarise
 

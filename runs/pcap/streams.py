@@ -95,6 +95,7 @@ def first_time(segments: np.ndarray, offset: int) -> float:
 
 
 def flows_of(packets: list[Packet]) -> dict[tuple, list[Packet]]:
+    """TCP packets grouped by flow (source, source port, destination, destination port), in capture order."""
     flows: dict[tuple, list[Packet]] = {}
     for p in packets:
         if p.tcp:
