@@ -230,12 +230,15 @@ def cmd_device(a: argparse.Namespace) -> int:
         curve = load_curve_keys(a.curve_server_public, a.curve_client_secret)
     csi = None
     trace_start = [a.trace_start if a.trace_start is not None else time.monotonic()]  # --wait-go resets it
-    if a.trace:  # the CSI report: the trace step in force since the replay start (one monotonic clock)
-        from nodes.csi_report import TraceCSI
+    if a.link_state:  # the CSI report: the step the replayer applied to this device's link (nodes/csi_report.py)
+        from nodes.csi_report import applied_csi
+
+        csi = applied_csi(a.link_state)
+    elif a.trace:  # no replayer: the trace's row in force since the trace start (one monotonic clock)
+        from nodes.csi_report import schedule_csi
         from traces.format import read_trace
 
-        reports = TraceCSI(read_trace(a.trace))
-        csi = lambda: reports.at((time.monotonic() - trace_start[0]) * 1000.0)  # noqa: E731
+        csi = schedule_csi(read_trace(a.trace), lambda: trace_start[0])
     counter = None
     if a.count_iface:
         from procs.netdev import read_counters
@@ -315,7 +318,9 @@ def register_node(sub: argparse._SubParsersAction) -> None:
             q.add_argument("--curve-client-secret",
                            help="this device's CURVE key pair (NAME.key_secret from wisv node keys --client NAME, "
                                 "or a Z85 secret key file); default: an ephemeral pair")
-            q.add_argument("--trace", help="trace whose step in force is reported as CSI")
+            q.add_argument("--link-state", help="link-state file the replayer publishes the applied step into; "
+                                                "its step is reported as CSI (traces/link_state.py)")
+            q.add_argument("--trace", help="without --link-state: trace whose step in force is reported as CSI")
             q.add_argument("--trace-start", type=float, help="monotonic second at which the trace started")
             q.add_argument("--json-out", help="write the per-request records and the config here")
             q.add_argument("--count-iface", help="interface whose counters give each round's on-wire bytes")

@@ -9,7 +9,8 @@
         df = tb.rounds()                                   # every round so far, as a DataFrame
 
 Each ``run_protocol`` restarts the trace at its beginning when the device process starts, so
-protocols see the same channel; the device reports the trace step in force as its CSI. Every
+protocols see the same channel; the device reports the step its link applied as its CSI
+(the replayer publishes it, :mod:`traces.link_state`). Every
 setting of a protocol run is one :class:`nodes.config.RunConfig`, written beside the logs and
 handed to the node processes as ``--config``; after each protocol the run directory holds the
 same Parquet tables as an experiment's, so ``wisv report RUN_DIR`` reads it.
@@ -45,6 +46,7 @@ from topologies.replayer import ReplayOptions, TraceReplayer
 from topologies.shapers import QueueLimit
 from topologies.topo import DeviceEdge, Topology
 from traces.format import read_trace
+from traces.link_state import link_state_path
 
 REPO = Path(__file__).resolve().parent.parent
 EDGE_PORT = 5555
@@ -107,7 +109,8 @@ class Testbed:
 
     def _replayer(self, loop_to_ms: float) -> TraceReplayer:
         return TraceReplayer(self.net.links, [read_trace(p) for p in self.trace_paths],
-                             ReplayOptions(loop_to_ms=loop_to_ms or None))
+                             ReplayOptions(loop_to_ms=loop_to_ms or None),
+                             publish=[link_state_path(self.run_dir, k) for k in range(len(self.trace_paths))])
 
     def start_edge(self, drafter: str | None = None, target: str | None = None, lambda_ms: float | None = None) -> None:
         """Start the edge process (target model, heads, edge compute profile of the testbed's
@@ -171,7 +174,8 @@ class Testbed:
                     host,
                     [sys.executable, "-m", "wisv.cli", "node", "device", "--connect", f"tcp://{EDGE_IP}:{EDGE_PORT}",
                      "--threads", "1", "--config", str(cfg_paths[k]),
-                     "--log", str(rd / f"rounds-{tag(k)}.jsonl"), "--trace", str(devices[k].trace), "--wait-go",
+                     "--log", str(rd / f"rounds-{tag(k)}.jsonl"), "--link-state", str(link_state_path(rd, k)),
+                     "--wait-go",
                      "--json-out", str(rd / f"requests-{tag(k)}.json"), "--count-iface", host.intfList()[0].name],
                     f"device {k}", dev_logs[k], watch=False,
                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=errs[-1], cwd=str(REPO))

@@ -24,7 +24,6 @@ import numpy as np
 
 from channel_models.csi import CSI, RTO_MS, segments, transfer_ms
 from nodes.config import RunConfig
-from nodes.csi_report import TraceCSI
 from nodes.device import DeviceClient, EdgeError, matches, run_problems
 from nodes.edge import EdgeServer
 from nodes.oracle import AnswerOracle
@@ -34,33 +33,35 @@ from nodes.wire import Error, Message, decode, encode, encoded_size
 from runs.devices import device_tag, resolve_devices
 from runs.summary import ProtocolSummary, summarise
 from traces.format import Trace
+from traces.schedule import LinkSchedule
 
 log = logging.getLogger(__name__)
 
 
 @dataclass
 class AnalyticLink:
-    """A trace-driven link model (see the module docstring); the trace loops."""
+    """A trace-driven link model (see the module docstring); the trace loops (its
+    :class:`traces.schedule.LinkSchedule`, the one the replayer walks)."""
 
     trace: Trace
     seed: int = 0
     rng: np.random.Generator = field(init=False)
-    reports: TraceCSI = field(init=False)
+    schedule: LinkSchedule = field(init=False)
 
     def __post_init__(self) -> None:
         self.rng = np.random.default_rng(self.seed)
-        self.reports = TraceCSI(self.trace)
+        self.schedule = LinkSchedule.from_trace(self.trace)
 
     def csi(self, t_ms: float) -> CSI:
         """The channel in force at virtual time ``t_ms`` (the report a device would send)."""
-        return self.reports.at(t_ms)
+        return self.schedule.csi_at(t_ms)
 
     def transfer_ms(self, t_ms: float, nbytes: int, direction: str, expected: bool = False) -> float:
         """Time for ``nbytes`` application bytes sent at ``t_ms`` to arrive, in ms (losses drawn,
         or their expectation when ``expected``). Sent during an outage (rate 0), the message
         waits for the link to return and pays one retransmission timeout, as TCP does over the
         emulated link (which drops everything while the rate is 0)."""
-        end = self.reports.outage_end_ms(t_ms, direction)
+        end = self.schedule.outage_end_ms(t_ms, direction)
         if end is not None:
             wait = end - t_ms + RTO_MS
             return wait + self.transfer_ms(end, nbytes, direction, expected) if wait < float("inf") else wait

@@ -27,6 +27,7 @@ from topologies.replayer import ReplayOptions, StepLog, TraceReplayer
 from topologies.shapers import QueueLimit
 from topologies.topo import DeviceEdge
 from traces.format import Trace
+from traces.schedule import row_in_force
 
 log = logging.getLogger(__name__)
 REPO = Path(__file__).resolve().parent.parent
@@ -55,8 +56,7 @@ class CheckPlan:
 
 def _in_force(steps: dict[str, np.ndarray], t: np.ndarray, col: str) -> np.ndarray:
     """Value of ``col`` in force at monotonic seconds ``t`` (from the applied-step log)."""
-    idx = np.searchsorted(steps["applied_s"], t, side="right") - 1
-    return steps[col][np.clip(idx, 0, None)]
+    return steps[col][np.clip(row_in_force(steps["applied_s"], t), 0, None)]
 
 
 def _steps(log_: StepLog) -> dict[str, np.ndarray]:

@@ -18,12 +18,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
+from channel_models.csi import MIN_RATE_BPS
 from procs.netdev import read_counters
 from topologies.tcbatch import TcBatch
 
 log = logging.getLogger(__name__)
 HZ = 250  # kernel timer frequency seen here; HTB needs a burst of at least rate / HZ
-HTB_MIN_RATE_BPS = 8000  # HTB's smallest rate; a trace's rate 0 is an outage instead (effective_loss)
+HTB_MIN_RATE_BPS = int(MIN_RATE_BPS)  # HTB's smallest rate; a trace's rate 0 is an outage instead (effective_loss)
 # Starts a process in a host: spawn(host, argv, role, log_path, **Popen keywords) -> Popen.
 Spawn = Callable[..., subprocess.Popen]
 
