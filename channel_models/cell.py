@@ -29,7 +29,7 @@ The three entries of :data:`SCHEDULERS` follow ns-3 LENA (nsnam/ns-3-dev-git,
   split, leftover down the rate order.
 
 **Fluid model.** :func:`simulate_cell` drives a scheduler over time with a channel per device
-(:class:`ConstantChannel`, :class:`TraceChannel` from a trace's rate column, or
+(:class:`ConstantChannel`, :class:`traces.schedule.ScheduleChannel` from a trace's rate column, or
 :class:`RayleighChannel`: block Rayleigh fading mapped SNR → rate by ``channel_models.mapping``)
 and traffic per device (backlogged or bursts), and returns per-device throughput, shares, active
 counts and the queueing delay of every burst (:class:`CellRun`). Pure numpy, no root.
@@ -224,37 +224,6 @@ class ConstantChannel(DeviceChannel):
 
 
 @dataclass(frozen=True)
-class TraceChannel(DeviceChannel):
-    """A trace's rate column: row k's ``rate_bps[k]`` holds from ``t_ms[k]`` until the next row;
-    the series is read from ``offset_ms`` on (rotate one trace per device) and wraps around at
-    its end (``period_ms``: the trace's length, default the last row's time + the median step)."""
-
-    t_ms: tuple[float, ...]
-    rate_bps: tuple[float, ...]
-    offset_ms: float = 0.0
-    period_ms: float | None = None
-
-    def __post_init__(self) -> None:
-        if len(self.t_ms) != len(self.rate_bps) or not self.t_ms:
-            raise ValueError("t_ms and rate_bps must be non-empty and of equal length")
-        if np.any(np.diff(self.t_ms) <= 0):
-            raise ValueError("t_ms must increase")
-
-    @classmethod
-    def from_columns(cls, t_ms, rate_bps, offset_ms: float = 0.0) -> "TraceChannel":
-        """From two array-likes (e.g. a trace's ``t_ms`` and ``rate_bps_up`` columns)."""
-        return cls(tuple(float(x) for x in t_ms), tuple(float(x) for x in rate_bps), float(offset_ms))
-
-    def rates_bps(self, n_tti, tti_ms):
-        t = np.asarray(self.t_ms)
-        step = float(np.median(np.diff(t))) if len(t) > 1 else tti_ms
-        period = self.period_ms if self.period_ms is not None else t[-1] - t[0] + step
-        at = t[0] + np.mod(np.arange(n_tti) * tti_ms + self.offset_ms, period)
-        k = np.searchsorted(t, at + 1e-9, side="right") - 1
-        return np.asarray(self.rate_bps)[np.clip(k, 0, len(t) - 1)]
-
-
-@dataclass(frozen=True)
 class RayleighChannel(DeviceChannel):
     """Rayleigh block fading around ``mean_snr_db``: the gain is held over blocks of
     ``block_ms`` (independent draws when ``doppler_hz`` is 0, else the Clarke/Jakes process of
@@ -366,7 +335,7 @@ def simulate_cell(scheduler: CellScheduler, channels: list[DeviceChannel], traff
         order = np.argsort(t_arr, kind="stable")
         need = np.cumsum(np.array([b for _, b in tr.bursts], dtype=float)[order])
         # The TTI whose cumulative service first covers the burst's last byte (FIFO per device).
-        k_done = np.searchsorted(served_cum[:, i], need - 1e-6, side="left")
+        k_done = (served_cum[:, i][:, None] < (need - 1e-6)[None, :]).sum(axis=0)
         done_ms = (k_done + 1) * tti_ms
         d = np.where(k_done < n_tti, done_ms - t_arr[order], np.nan)
         out = np.empty_like(d)

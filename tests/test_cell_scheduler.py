@@ -6,8 +6,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from traces.schedule import ScheduleChannel
 from channel_models.cell import (BACKLOGGED, LENA_PF_TIME_WINDOW_TTI, SCHEDULERS, ConstantChannel, ProportionalFair,
-                                 RayleighChannel, TraceChannel, Traffic, make_scheduler, simulate_cell)
+                                 RayleighChannel, Traffic, make_scheduler, simulate_cell)
 
 # LENA's uplink round-robin figures at distance 0 (bytes/s): 25 PRB at ITBS 26, 2292 B per TTI;
 # from 9 UEs on, a minimum of 3 PRB per UE serves 8 UEs per TTI (277 B each).
@@ -155,10 +156,10 @@ def test_unfinished_burst_is_nan():
 
 
 def test_trace_channel_holds_rows_wraps_and_rotates():
-    ch = TraceChannel.from_columns([0.0, 10.0, 20.0], [1e6, 2e6, 3e6])
+    ch = ScheduleChannel.from_columns([0.0, 10.0, 20.0], [1e6, 2e6, 3e6])
     r = ch.rates_bps(40, 1.0)
     np.testing.assert_allclose(r[[0, 9, 10, 19, 20, 29, 30, 39]], [1e6, 1e6, 2e6, 2e6, 3e6, 3e6, 1e6, 1e6])
-    rotated = TraceChannel.from_columns([0.0, 10.0, 20.0], [1e6, 2e6, 3e6], offset_ms=10.0).rates_bps(40, 1.0)
+    rotated = ScheduleChannel.from_columns([0.0, 10.0, 20.0], [1e6, 2e6, 3e6], offset_ms=10.0).rates_bps(40, 1.0)
     np.testing.assert_allclose(rotated, r[(np.arange(40) + 10) % 30])
 
 

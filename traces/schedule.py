@@ -24,9 +24,12 @@ from __future__ import annotations
 import math
 from typing import Any, Iterator
 
+from dataclasses import dataclass
+
 import numpy as np
 import pandas as pd
 
+from channel_models.cell import DeviceChannel
 from channel_models.csi import CSI
 
 LINK_COLUMNS = ("rate_bps_up", "delay_ms_up", "loss_up", "rate_bps_down", "delay_ms_down", "loss_down")
@@ -206,3 +209,30 @@ class LinkSchedule:
                     return
                 yield lap * n + i, t, i
             lap += 1
+
+
+@dataclass(frozen=True)
+class ScheduleChannel(DeviceChannel):
+    """A device's own channel in a cell (:mod:`channel_models.cell`) read from a link schedule:
+    the rate column ``column`` (bit/s) in force at each TTI, from ``offset_ms`` on (one trace
+    rotated per device), looping as the schedule does."""
+
+    schedule: LinkSchedule
+    column: str = "rate_bps_up"
+    offset_ms: float = 0.0
+
+    @classmethod
+    def from_columns(cls, t_ms, rate_bps, offset_ms: float = 0.0, period_ms: float | None = None) -> "ScheduleChannel":
+        """From two array-likes (row start times in ms, rates in bit/s); the series repeats with
+        ``period_ms`` (default: the last row's time + the median step)."""
+        t = np.asarray(t_ms, dtype=float)
+        if len(t) != len(rate_bps) or not len(t) or np.any(np.diff(t) <= 0):
+            raise ValueError("t_ms must increase and match rate_bps, non-empty")
+        step = float(np.median(np.diff(t))) if len(t) > 1 else 1.0
+        period = period_ms if period_ms is not None else t[-1] - t[0] + step
+        return cls(LinkSchedule(t - t[0], {"rate_bps_up": np.asarray(rate_bps, dtype=float)}, period), "rate_bps_up",
+                   float(offset_ms))
+
+    def rates_bps(self, n_tti: int, tti_ms: float) -> np.ndarray:
+        """Rate (bit/s) in force at the start of TTIs 0 … n_tti − 1 of ``tti_ms`` each."""
+        return np.asarray(self.schedule.value_at(self.column, np.arange(n_tti) * tti_ms + self.offset_ms + 1e-9))
