@@ -140,30 +140,46 @@ class HiddenUpload(Message):
 
 @dataclass
 class Verdict(Message):
-    """Edge → device: ``n_accepted`` draft tokens stand, then ``next_token``; ``done`` when the
-    request ended (EOS or length)."""
+    """Edge → device: ``accepted`` draft tokens stand, then ``next_token``; ``accepted_exact``
+    (the exact-match prefix), ``first_mismatch`` (−1: none) and ``harmless`` as the policy's
+    :class:`~nodes.decoding.policies.Decision` names them; ``done`` when the request ended (EOS
+    or length). Times in ms: ``verify_ms`` the round's compute (``pad_ms`` of it added by a
+    compute profile); ``edge_queue_ms`` and ``edge_ms`` the round's messages' wait before
+    handling and whole stay at the edge, summed over the round's exchanges (0: an edge that
+    does not report them); ``t_edge_arrival``/``t_edge_reply`` the edge's wall clock (epoch s)
+    when the round's first message arrived and its verdict left (0: not reported)."""
 
     TYPE: ClassVar[str] = "verdict"
     request_id: str
     round: int
-    n_accepted: int
+    accepted: int
     next_token: int
-    n_exact: int
+    accepted_exact: int
     first_mismatch: int
-    n_harmless: int
+    harmless: int
     verify_ms: float
     done: bool = False
     pad_ms: float = 0.0  # part of verify_ms that a compute profile added
+    edge_queue_ms: float = 0.0
+    edge_ms: float = 0.0
+    t_edge_arrival: float = 0.0
+    t_edge_reply: float = 0.0
 
 
 @dataclass
 class Result(Message):
-    """Edge → device: the whole output of an ``ar-edge`` request."""
+    """Edge → device: the whole output of an edge-alone (``ar-edge``) request; times as in
+    :class:`Verdict`."""
 
     TYPE: ClassVar[str] = "result"
     request_id: str
     tokens: list[int]
     verify_ms: float
+    pad_ms: float = 0.0
+    edge_queue_ms: float = 0.0
+    edge_ms: float = 0.0
+    t_edge_arrival: float = 0.0
+    t_edge_reply: float = 0.0
 
 
 @dataclass
