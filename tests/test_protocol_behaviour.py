@@ -7,6 +7,7 @@ import json
 import threading
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from nodes.decoding.policies import ExactMatch
@@ -70,6 +71,8 @@ def test_a_protocol_choosing_gamma_per_round_runs_spec_to_report(csi_gamma_proto
     assert {r["gamma"] for r in slow} == {1} and {r["gamma"] for r in fast} == {6}  # γ followed the CSI
     assert all(r["drafted"] <= r["gamma"] for r in toy)
     assert {r["gamma"] for r in logs["vanilla"] if r["end_reason"] == ""} == {6}
+    table = pd.read_parquet(tmp_path / "out" / "rounds.parquet")  # what the report reads keeps the round's γ
+    assert sorted(table[table["protocol"] == "toy-csi-gamma"]["gamma"]) == sorted(r["gamma"] for r in toy)
 
     for rounds in logs.values():  # one record per round, the same vocabulary throughout
         finals = [r for r in rounds if r["end_reason"]]
