@@ -300,8 +300,7 @@ class EdgeServer:
         if not isinstance(reply, (Verdict, Result)):
             return reply
         t, s.times = s.times, EdgeRoundTimes()
-        if arrival is None:  # no socket: the edge's stay is the compute the simulator charges
-            reply.edge_ms = reply.verify_ms
+        if arrival is None:  # no socket: nothing measured (the device counts the charged compute as the stay)
             return reply
         reply.edge_queue_ms, reply.edge_ms = t.queue_ms, max(t.stay_ms, reply.verify_ms)
         reply.t_edge_arrival, reply.t_edge_reply = t.t_arrival, time.time()

@@ -45,10 +45,13 @@ class WireError(ValueError):
 
 @dataclass
 class Message:
-    """Base of all messages; ``TYPE`` is the wire name, ``ARRAYS`` the array-valued fields."""
+    """Base of all messages; ``TYPE`` is the wire name, ``ARRAYS`` the array-valued fields,
+    ``SPARSE`` the fields left out of the header while at their default (a message that does
+    not use them is byte for byte what it was before they existed)."""
 
     TYPE: ClassVar[str] = ""
     ARRAYS: ClassVar[tuple[str, ...]] = ()
+    SPARSE: ClassVar[tuple[str, ...]] = ()
 
 
 @dataclass
@@ -147,9 +150,11 @@ class Verdict(Message):
     compute profile); ``edge_queue_ms`` and ``edge_ms`` the round's messages' wait before
     handling and whole stay at the edge, summed over the round's exchanges (0: an edge that
     does not report them); ``t_edge_arrival``/``t_edge_reply`` the edge's wall clock (epoch s)
-    when the round's first message arrived and its verdict left (0: not reported)."""
+    when the round's first message arrived and its verdict left (0: not reported). The four
+    edge times travel only when set."""
 
     TYPE: ClassVar[str] = "verdict"
+    SPARSE: ClassVar[tuple[str, ...]] = ("edge_queue_ms", "edge_ms", "t_edge_arrival", "t_edge_reply")
     request_id: str
     round: int
     accepted: int
@@ -172,6 +177,7 @@ class Result(Message):
     :class:`Verdict`."""
 
     TYPE: ClassVar[str] = "result"
+    SPARSE: ClassVar[tuple[str, ...]] = ("pad_ms", "edge_queue_ms", "edge_ms", "t_edge_arrival", "t_edge_reply")
     request_id: str
     tokens: list[int]
     verify_ms: float
@@ -284,7 +290,7 @@ def encode(msg: Message, array_dtypes: dict[str, str] | None = None) -> list[byt
             dt = (array_dtypes or {}).get(f.name, "f16" if f.name == "hidden" else "f32")
             specs.append({"n": f.name, "d": dt, "s": list(arr.shape)})
             frames.append(wire_dtype(dt).encode(arr))
-        else:
+        elif f.name not in msg.SPARSE or v != f.default:
             fields[f.name] = v
     header = msgpack.packb({"v": WIRE_VERSION, "t": msg.TYPE, "f": fields, "a": specs}, use_bin_type=True)
     return [header, *frames]

@@ -141,3 +141,22 @@ def test_a_wait_at_the_edge_is_edge_time_not_link_time(pair):
         assert r.edge_ms >= r.verify_ms >= 1000.0 and r.edge_ms >= r.edge_queue_ms + r.verify_ms - 1.0
         assert r.link_ms < 300.0, r  # loopback: no edge time in it
         assert r.t_start <= r.t_edge_arrival <= r.t_edge_reply <= r.t_end
+
+
+def test_the_edge_times_travel_only_when_set():
+    """A verdict without edge times is the message it was before they existed; with them, they
+    round-trip; a non-finite one is refused as any float field is."""
+    import msgpack
+
+    from nodes.wire import Verdict, WireError, decode, encode
+
+    bare = Verdict("r", 0, accepted=2, next_token=9, accepted_exact=1, first_mismatch=1, harmless=1, verify_ms=2.5)
+    header = msgpack.unpackb(encode(bare)[0])
+    assert set(header["f"]) == {"request_id", "round", "accepted", "next_token", "accepted_exact", "first_mismatch",
+                                "harmless", "verify_ms", "done", "pad_ms"}
+    timed = Verdict("r", 0, 2, 9, 1, 1, 1, 2.5, edge_queue_ms=3.0, edge_ms=7.5, t_edge_arrival=1.7e9,
+                    t_edge_reply=1.7e9 + 0.0075)
+    assert decode(encode(timed)) == timed and decode(encode(bare)) == bare
+    timed.edge_ms = float("nan")
+    with pytest.raises(WireError, match="wrong type"):
+        decode(encode(timed))
