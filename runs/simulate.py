@@ -24,12 +24,12 @@ import numpy as np
 
 from channel_models.csi import CSI, RTO_MS, segments, transfer_ms
 from nodes.config import RunConfig
-from nodes.device import DeviceClient, EdgeError, matches, run_problems
+from nodes.device import DeviceClient, EdgeError, ExchangeCounts, matches, run_problems
 from nodes.edge import EdgeServer
 from nodes.oracle import AnswerOracle
 from nodes.models import ModelPair
 from nodes.telemetry import RoundLogger
-from nodes.wire import Error, Message, decode, encode, encoded_size
+from nodes.wire import Error, HiddenRequest, Message, Result, Verdict, decode, encode, encoded_size
 from runs.devices import device_tag, resolve_devices
 from runs.summary import ProtocolSummary, summarise
 from traces.format import Trace
@@ -72,7 +72,9 @@ class AnalyticLink:
 
 class SimTransport:
     """Hands encoded frames straight to an edge handler, charging link time and the compute the
-    nodes report (their profiles' times, or measured ones) to a virtual clock."""
+    nodes report (their profiles' times, or measured ones) to a virtual clock. The edge's times
+    in a reply are virtual too: no queue (one device), a stay of its charged compute, arrival
+    and reply on the virtual clock."""
 
     virtual = True  # compute profiles set the time exactly
 
@@ -80,6 +82,7 @@ class SimTransport:
         self.edge, self.link, self.cfg = edge, link, cfg
         self.t_ms = 0.0
         self.ident = cfg.device_id.encode()
+        self._round_arrival_s: float | None = None  # a round's first arrival at the edge, across its exchanges
 
     def now_ms(self) -> float:
         """Virtual time in ms."""
@@ -97,26 +100,32 @@ class SimTransport:
         """CSI in force now."""
         return self.link.csi(self.t_ms)
 
-    def exchange(self, msg: Message, expect: tuple[type, ...], stats: dict) -> Message:
+    def exchange(self, msg: Message, expect: tuple[type, ...], counts: ExchangeCounts) -> Message:
         """Uplink, edge handling (the compute the edge reports: ``verify_ms`` of a verdict or a
-        result), downlink — no wall clock anywhere."""
+        result), downlink — no wall clock anywhere; bytes and round trips counted in ``counts``."""
         frames = encode(msg, {"hidden": self.cfg.hidden_dtype, "probs": "f32"})
         up = encoded_size(frames)
-        stats["up_bytes"] += up
+        counts.up_bytes += up
         self.t_ms += self.link.transfer_ms(self.t_ms, up, "up")
+        arrival_s = self.wall_s()
         reply_frames = self.edge.handle_frames(self.ident, frames)
         if reply_frames is None:
             raise EdgeError("internal", "the edge sent no reply")
         reply = decode(reply_frames)
         self.t_ms += getattr(reply, "verify_ms", 0.0)
+        if isinstance(reply, HiddenRequest):
+            self._round_arrival_s = arrival_s
+        elif isinstance(reply, (Verdict, Result)):  # the edge's clock is the virtual one
+            reply.t_edge_arrival = arrival_s if self._round_arrival_s is None else self._round_arrival_s
+            reply.t_edge_reply, self._round_arrival_s = self.wall_s(), None
         down = encoded_size(reply_frames)
-        stats["down_bytes"] += down
+        counts.down_bytes += down
         self.t_ms += self.link.transfer_ms(self.t_ms, down, "down")
         if isinstance(reply, Error):
             raise EdgeError(reply.code, reply.message)
         if not (isinstance(reply, expect) and matches(msg, reply)):
             raise EdgeError("internal", f"unexpected reply {reply.TYPE} to {msg.TYPE}")
-        stats["round_trips"] += 1
+        counts.round_trips += 1
         return reply
 
     def send_only(self, msg: Message) -> None:

@@ -5,7 +5,9 @@ A run directory holds, per protocol (and per device when there are several: ``<p
 run config they ran under) and, emulated, ``link-steps-*.csv``. ``rounds.parquet``,
 ``requests.parquet`` and ``link_steps.parquet`` are those rows with the columns ``run``,
 ``rep``, ``mode``, ``gamma`` and ``lambda_ms`` added, and one column per swept spec key
-(named by the dotted key, e.g. ``trace.generate.up.mean_snr_db``; README: output schema).
+(named by the dotted key, e.g. ``trace.generate.up.mean_snr_db``; README: output schema). A
+round's own ``gamma`` (the draft length its protocol asked that round) stays: the run's
+configured γ is the ``gamma`` of its requests.
 
 A round's ``csi_*`` columns are the report sampled at its start; ``csi_worst_*`` columns add the
 worst link in force at any time during the round (lowest rate, longest delay, most loss, as
@@ -157,7 +159,8 @@ def run_dir_frames(rd: Path, run: str, rep: int, mode: str) -> dict[str, list[pd
                 df = _with_worst_csi(df, rd, mode, steps)
             except Exception:  # noqa: BLE001 - extra columns must never lose the rounds
                 log.warning("%s: no csi_worst_* columns", f, exc_info=True)
-            out["rounds"].append(df.assign(**tags.get(suffix, {"run": run, "rep": rep, "mode": mode})))
+            tag = tags.get(suffix, {"run": run, "rep": rep, "mode": mode})
+            out["rounds"].append(df.assign(**{k: v for k, v in tag.items() if k not in df}))  # a round's gamma stays
     return out
 
 

@@ -86,6 +86,9 @@ def test_emulated_run_of_two_protocols(tmp_path):
         assert len(rounds) == res[p].rounds
         # every round crossed the emulated link: at least both one-way delays of 15 ms
         assert all(r["link_ms"] >= 29.0 for r in rounds), min(r["link_ms"] for r in rounds)
+        # the edge's own times joined with the device's (one clock for every Mininet host)
+        assert all(r["edge_ms"] >= r["verify_ms"] and r["t_start"] <= r["t_edge_arrival"] <= r["t_edge_reply"] <= r["t_end"]
+                   for r in rounds)
         assert all(r["csi_rtt_ms"] == 30.0 and r["csi_rate_up_mbps"] in (5.0, 20.0) for r in rounds)
         assert (run / f"link-steps-{p}.csv").exists()
     # nothing of the run is left behind

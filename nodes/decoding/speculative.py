@@ -108,8 +108,9 @@ class Verifier:
 
 @dataclass
 class RoundRecord:
-    """One interaction round as the core sees it (the nodes add bytes, link and CSI fields);
-    ``verify_ms`` covers the target forward and the policy."""
+    """One interaction round as the core sees it (the nodes add bytes, link and CSI fields:
+    :class:`nodes.telemetry.RoundLog`, whose columns carry the same names); ``verify_ms`` covers
+    the target forward and the policy."""
 
     round: int
     drafted: int
@@ -159,8 +160,10 @@ def speculative_generate(drafter: Drafter, verifier: Verifier, policy: Verificat
         verifier.commit(len(seq))
         drafter.commit(len(seq))
         d = r.decision
-        result.rounds.append(RoundRecord(len(result.rounds), len(block.tokens), d.n_accepted, d.n_exact,
-                                         d.first_mismatch, d.n_harmless, block.draft_ms, r.verify_ms, len(new)))
+        result.rounds.append(RoundRecord(round=len(result.rounds), drafted=len(block.tokens), accepted=d.accepted,
+                                         accepted_exact=d.accepted_exact, first_mismatch=d.first_mismatch,
+                                         harmless=d.harmless, draft_ms=block.draft_ms, verify_ms=r.verify_ms,
+                                         tokens_out=len(new)))
         if eos_token_id is not None and eos_token_id in new:
             del out[out.index(eos_token_id) + 1:]
             break
