@@ -22,7 +22,7 @@ def _star_spec(tmp_path: Path) -> dict:
     files = []
     for k, mbps in enumerate(RATES_MBPS):
         files.append(str(write_trace(step_trace(100.0, 5.0, [mbps * 1e6], [10.0 + k], [0.0]), tmp_path / f"d{k}.csv")))
-    return {"name": "star4", "topology": {"kind": "star", "n_devices": 4}, "device_traces": files,
+    return {"name": "star4", "topology": {"kind": "star", "n_devices": 4, "device_traces": {"files": files}},
             "protocols": ["vanilla"], "task": {"problems": 1, "max_new_tokens": 24},
             "compute": {"device": "jetson-agx-orin/llama-3.2-1b", "edge": "a40/llama-3.1-8b"}, "seed": 3}
 
@@ -88,7 +88,7 @@ def test_one_trace_for_every_device_of_a_star(tmp_path):
     from runs.job import Job, prepare_job
     from runs.spec import load_spec
 
-    spec = {**_star_spec(tmp_path), "device_traces": None, "topology": {"kind": "star", "n_devices": 3}}
+    spec = {**_star_spec(tmp_path), "topology": {"kind": "star", "n_devices": 3}}
     prep = prepare_job(Job(load_spec(None, spec)[0], 0), tmp_path / "rd", "simulate")
     assert [d.trace.name for d in prep.devices] == ["trace.parquet"] * 3
     assert [d.config.device_id for d in prep.devices] == ["dev0", "dev1", "dev2"]
