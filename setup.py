@@ -8,7 +8,7 @@ setup(
     python_requires=">=3.10",
     packages=find_packages(include=["wisv", "wisv.*", "channel_models", "channel_models.*",
                                     "traces", "traces.*", "topologies", "topologies.*",
-                                    "nodes", "nodes.*", "runs", "runs.*"]),
+                                    "nodes", "nodes.*", "procs", "procs.*", "runs", "runs.*"]),
     include_package_data=True,
     package_data={"traces": ["builtin/*.csv", "builtin/*.json"]},
     entry_points={"console_scripts": ["wisv = wisv.cli:main"]},

@@ -304,11 +304,12 @@ class DirectTransport(SimTransport):
         super().__init__(edge, _NoLink(), cfg)
         self.ident, self.before = ident, before
 
-    def exchange(self, msg: Message, expect: tuple[type, ...], stats: dict) -> Message:
-        """The attacker's turn, then one message to the edge and its reply."""
+    def exchange(self, msg: Message, expect: tuple[type, ...], counts) -> Message:
+        """The attacker's turn, then one message to the edge and its reply (``counts``: a
+        :class:`nodes.device.ExchangeCounts`)."""
         if self.before is not None:
             self.before()
-        return super().exchange(msg, expect, stats)
+        return super().exchange(msg, expect, counts)
 
 
 def greedy_session_ok(edge, pair, n_problems: int = 2, ident: bytes = b"valid-device") -> bool:

@@ -37,7 +37,8 @@ def null_edge(endpoint_out: str) -> None:
         if frames[1] == b"stop":
             break
         m = decode(frames[1:])
-        sock.send_multipart([frames[0], *encode(Verdict(m.request_id, m.round, 3, 7, 3, 3, 0, 0.0))])
+        sock.send_multipart([frames[0], *encode(Verdict(m.request_id, m.round, accepted=3, next_token=7, accepted_exact=3,
+                                                        first_mismatch=3, harmless=0, verify_ms=0.0))])
 
 
 def overhead(rounds: int) -> dict:

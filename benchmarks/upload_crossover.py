@@ -22,7 +22,7 @@ protocols wisv-full, wisv-selective, wisv-adaptive on the same problems and chan
 and vanilla once per link setting for reference. Per setting: mean latency of each protocol, the
 paired selective/full latency ratio with its 95 % BCa bootstrap interval
 (:func:`runs.report.paired_change`), the ratio the link-cost model predicts
-(:func:`predicted_ratio`: :func:`nodes.device.upload_costs_ms` on every round's CSI, with the
+(:func:`predicted_ratio`: :func:`nodes.protocols.adaptive.upload_costs_ms` on every round's CSI, with the
 mismatch rate and rows per mismatch measured), and adaptive against the better of the two
 (paired). :func:`crossover` finds per dtype/width/γ the SNR or rate where the ratio crosses 1,
 measured and predicted. Figure: ``docs/img/upload_crossover.png``.
@@ -49,7 +49,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from channel_models.csi import CSI, transfer_ms  # noqa: E402
-from nodes.device import UPLOAD_HEADER_BYTES, upload_costs_ms  # noqa: E402
+from nodes.protocols.adaptive import UPLOAD_HEADER_BYTES, upload_costs_ms  # noqa: E402
 from nodes.wire import array_nbytes  # noqa: E402
 from runs.report import paired_change  # noqa: E402
 
@@ -209,7 +209,7 @@ def _mean_or(values: pd.Series, default: float) -> float:
 def predicted_ratio(full_rounds: pd.DataFrame, sel_rounds: pd.DataFrame, full_latency_ms: float,
                     n_requests: int) -> dict:
     """The selective/full latency ratio the link-cost model predicts for one setting: every
-    round of the full run, at the CSI it reported, saves what :func:`nodes.device.upload_costs_ms`
+    round of the full run, at the CSI it reported, saves what :func:`nodes.protocols.adaptive.upload_costs_ms`
     says full costs more than mismatch-first; the mismatch rate (rounds of the selective run that
     asked for rows), rows per such round and the draft's own bytes are measured from the
     selective run's byte counts. Returns the ratio and the measured mismatch statistics."""

@@ -21,7 +21,11 @@ from typing import Mapping
 SEGMENT_BYTES = 1448
 HEADER_BYTES = 66  # TCP 32 (with timestamps) + IPv4 20 + Ethernet 14
 RTO_MS = 200.0
-MIN_RATE_BPS = 1.0  # a rate of 0 (an outage) is charged as this: a message then takes "forever"
+# The smallest rate a link is shaped to (HTB's), in bit/s: importers raise slower rates to it, the
+# shaper cannot go below it, and a cost estimate charges slower rates at it. A rate of 0 is not a
+# slow link but an outage (nothing delivered until it returns): kept from import to report, dropped
+# by the shaper, waited out by the simulator (traces.schedule.LinkSchedule.outage_end_ms).
+MIN_RATE_BPS = 8000.0
 DIRECTIONS = ("up", "down")
 
 
@@ -99,7 +103,8 @@ def segments(nbytes: float) -> int:
 
 
 def serialisation_ms(csi: CSI, nbytes: float, direction: str) -> float:
-    """Time to put ``nbytes`` application bytes (plus headers) on the link, in ms."""
+    """Time to put ``nbytes`` application bytes (plus headers) on the link, in ms (a rate below
+    :data:`MIN_RATE_BPS`, an outage's 0 included, is charged at it)."""
     wire_bits = 8.0 * (nbytes + segments(nbytes) * HEADER_BYTES)
     return wire_bits / max(csi.rate_bps(direction), MIN_RATE_BPS) * 1000.0
 

@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from channel_models.cqi import cqi_efficiency, cqi_threshold_db, snr_to_cqi
+from channel_models.csi import MIN_RATE_BPS
 
 
 @dataclass(frozen=True)
@@ -86,7 +87,7 @@ class LinkMapping:
     bandwidth_hz: float = 20e6
     overhead: float = 0.14
     base_delay_ms: float = 10.0
-    min_rate_bps: float = 8_000.0
+    min_rate_bps: float = MIN_RATE_BPS
     harq: HarqModel = field(default_factory=HarqModel)
 
     def __post_init__(self) -> None:

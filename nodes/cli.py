@@ -36,6 +36,8 @@ def cmd_eval(a: argparse.Namespace) -> int:
 
 def register(sub: argparse._SubParsersAction) -> None:
     """Add the ``models`` command group."""
+    from nodes.config import ModelConfig, RunConfig, TaskConfig, field_default
+
     p = sub.add_parser("models", help="train and evaluate the drafter/target pair")
     ms = p.add_subparsers(dest="models_cmd", required=True)
     t = ms.add_parser("train", help="train the built-in pair on the built-in task (seeded)")
@@ -48,19 +50,22 @@ def register(sub: argparse._SubParsersAction) -> None:
     e.add_argument("--drafter", help="drafter model folder (default: the shipped pair)")
     e.add_argument("--target", help="target model folder (default: the shipped pair)")
     e.add_argument("--problems", type=int, default=100, help="test problems")
-    e.add_argument("--gamma", type=int, default=4, help="draft tokens per round")
-    e.add_argument("--dtype", choices=["fp32", "bf16", "fp16"], default="fp32", help="model weights dtype")
+    e.add_argument("--gamma", type=int, default=field_default(RunConfig, "gamma"), help="draft tokens per round")
+    e.add_argument("--dtype", choices=["fp32", "bf16", "fp16"], default=field_default(ModelConfig, "target_dtype"),
+                   help="model weights dtype")
     e.add_argument("--gsm8k", help="GSM8K-style JSONL to score (short for --task gsm8k --task-file F)")
     add_task_args(e)
-    e.add_argument("--max-new-tokens", type=int, default=128, help="longest answer, tokens")
+    e.add_argument("--max-new-tokens", type=int, default=field_default(TaskConfig, "max_new_tokens"),
+                   help="longest answer, tokens")
     e.set_defaults(func=cmd_eval)
 
 
 def add_task_args(p: argparse.ArgumentParser) -> None:
     """The task options every decoding command takes."""
+    from nodes.config import TaskConfig, field_default
     from nodes.tasks import TASK_KINDS
 
-    p.add_argument("--task", choices=TASK_KINDS, default="arith",
+    p.add_argument("--task", choices=TASK_KINDS, default=field_default(TaskConfig, "kind"),
                    help="arith (built-in), gsm8k (GSM8K-format JSONL) or humaneval (code, tests run)")
     p.add_argument("--task-file", help="the JSONL file of a gsm8k or humaneval task")
     p.add_argument("--chat-template", action="store_true", help="wrap prompts in the tokenizer's chat template")
@@ -98,41 +103,49 @@ def _threads(a: argparse.Namespace) -> None:
 def add_run_config_args(p: argparse.ArgumentParser, device: bool) -> None:
     """The options that build a :class:`nodes.config.RunConfig` (or ``--config FILE``, which
     an orchestrator writes and which then replaces them)."""
+    from nodes.config import ComputeConfig, ModelConfig, RunConfig, TaskConfig, field_default
     from nodes.profiles import PRESETS
     from nodes.protocols import PROTOCOLS
     from nodes.wire import WIRE_DTYPES
 
+    run, task = (lambda name: field_default(RunConfig, name)), (lambda name: field_default(TaskConfig, name))
     p.add_argument("--config", help="run config JSON (as orchestrators write it); replaces the options below")
     p.add_argument("--drafter", help="drafter model folder (default: the shipped pair)")
     p.add_argument("--target", help="target model folder (default: the shipped pair)")
-    p.add_argument("--dtype", choices=["fp32", "bf16", "fp16"], default="fp32",
+    role = "drafter" if device else "target"  # the model this node holds
+    measured = field_default(ComputeConfig, "device" if device else "edge")  # the default profile (no padding)
+    p.add_argument("--dtype", choices=["fp32", "bf16", "fp16"], default=field_default(ModelConfig, f"{role}_dtype"),
                    help="this node's model weights dtype (exact greedy verification needs fp32)")
-    p.add_argument("--device", default="cpu", help="this node's torch device: cpu, cuda, cuda:N")
+    p.add_argument("--device", default=field_default(ModelConfig, f"{role}_device"),
+                   help="this node's torch device: cpu, cuda, cuda:N")
     if device:
-        p.add_argument("--protocol", default="vanilla", choices=PROTOCOLS.names(), help="verification protocol")
-        p.add_argument("--gamma", type=int, default=4, help="draft tokens per round")
-        p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy; > 0 samples (vanilla)")
-        p.add_argument("--hidden-dtype", choices=list(WIRE_DTYPES), default="f16", help="hidden states on the wire")
-        p.add_argument("--seed", type=int, default=0, help="sampling seed")
-        p.add_argument("--timeout-ms", type=int, default=5000, help="per-attempt reply timeout, ms")
-        p.add_argument("--retries", type=int, default=3, help="attempts after the first")
-        p.add_argument("--problems", type=int, default=10, help="problems to run")
-        p.add_argument("--split", default="test", choices=["train", "validation", "test"], help="task split")
+        p.add_argument("--protocol", default=run("protocol"), choices=PROTOCOLS.names(), help="verification protocol")
+        p.add_argument("--gamma", type=int, default=run("gamma"), help="draft tokens per round")
+        p.add_argument("--temperature", type=float, default=run("temperature"), help="0 = greedy; > 0 samples (vanilla)")
+        p.add_argument("--hidden-dtype", choices=list(WIRE_DTYPES), default=run("hidden_dtype"),
+                       help="hidden states on the wire")
+        p.add_argument("--seed", type=int, default=run("seed"), help="sampling seed")
+        p.add_argument("--timeout-ms", type=int, default=run("timeout_ms"), help="per-attempt reply timeout, ms")
+        p.add_argument("--retries", type=int, default=run("retries"), help="attempts after the first")
+        p.add_argument("--problems", type=int, default=task("problems"), help="problems to run")
+        p.add_argument("--split", default=task("split"), choices=["train", "validation", "test"], help="task split")
         add_task_args(p)
-        p.add_argument("--start-index", type=int, default=0, help="first problem index in the split")
-        p.add_argument("--max-new-tokens", type=int, default=128, help="longest answer, tokens")
-        p.add_argument("--run-id", default="", help="run id written in every round log line")
-        p.add_argument("--compute", default="measured", choices=["measured", *PRESETS],
+        p.add_argument("--start-index", type=int, default=task("start_index"), help="first problem index in the split")
+        p.add_argument("--max-new-tokens", type=int, default=task("max_new_tokens"), help="longest answer, tokens")
+        p.add_argument("--run-id", default=run("run_id"), help="run id written in every round log line")
+        p.add_argument("--compute", default=measured.name, choices=[measured.name, *PRESETS],
                        help="compute profile of the device (padding to a preset's time per draft token)")
-        p.add_argument("--profile-ms-per-token", type=float, default=0.0,
+        p.add_argument("--profile-ms-per-token", type=float, default=measured.per_token_ms,
                        help="a custom profile instead: drafting time per token, ms")
     else:
         p.add_argument("--head-dir", help="folder with head-full/head-target.safetensors (default: the shipped heads)")
         p.add_argument("--lambda-ms", type=float, help="the heads' price of an accuracy-changing acceptance, ms")
-        p.add_argument("--compute", default="measured", choices=["measured", *PRESETS],
+        p.add_argument("--compute", default=measured.name, choices=[measured.name, *PRESETS],
                        help="compute profile of the edge (padding to a preset's verification time)")
-        p.add_argument("--profile-base-ms", type=float, default=0.0, help="a custom profile: verify time a + b·γ: a, ms")
-        p.add_argument("--profile-per-token-ms", type=float, default=0.0, help="emulated verify time a + b·γ: b, ms")
+        p.add_argument("--profile-base-ms", type=float, default=measured.base_ms,
+                       help="a custom profile: verify time a + b·γ: a, ms")
+        p.add_argument("--profile-per-token-ms", type=float, default=measured.per_token_ms,
+                       help="emulated verify time a + b·γ: b, ms")
 
 
 def _profile(name: str, **custom: float):
@@ -152,8 +165,9 @@ def config_from_args(a: argparse.Namespace) -> "RunConfig":
         role = "drafter" if hasattr(a, "protocol") else "target"
         models = ModelConfig(a.drafter, a.target, **{f"{role}_device": a.device, f"{role}_dtype": a.dtype})
         if hasattr(a, "protocol"):
-            cfg = RunConfig(a.run_id, a.protocol, a.gamma, a.temperature, a.hidden_dtype, a.seed, timeout_ms=a.timeout_ms,
-                            retries=a.retries, models=models,
+            cfg = RunConfig(run_id=a.run_id, protocol=a.protocol, gamma=a.gamma, temperature=a.temperature,
+                            hidden_dtype=a.hidden_dtype, seed=a.seed, timeout_ms=a.timeout_ms, retries=a.retries,
+                            models=models,
                             task=task_config_from_args(a, split=a.split, problems=a.problems,
                                                        start_index=a.start_index, max_new_tokens=a.max_new_tokens),
                             compute=ComputeConfig(device=_profile(a.compute, per_token_ms=a.profile_ms_per_token)))
@@ -181,8 +195,8 @@ def _edge_curve(a: argparse.Namespace) -> tuple[bytes | None, str | None]:
 
 
 def cmd_edge(a: argparse.Namespace) -> int:
-    from nodes.lifecycle import die_with_orchestrator
-    die_with_orchestrator()  # a node an orchestrator started dies with it (nodes/lifecycle.py)
+    from procs.lifecycle import die_with_orchestrator
+    die_with_orchestrator()  # a node an orchestrator started dies with it (procs/lifecycle.py)
     import logging
     import signal
 
@@ -213,8 +227,8 @@ def cmd_edge(a: argparse.Namespace) -> int:
 
 
 def cmd_device(a: argparse.Namespace) -> int:
-    from nodes.lifecycle import die_with_orchestrator
-    die_with_orchestrator()  # a node an orchestrator started dies with it (nodes/lifecycle.py)
+    from procs.lifecycle import die_with_orchestrator
+    die_with_orchestrator()  # a node an orchestrator started dies with it (procs/lifecycle.py)
     import time
 
     _threads(a)
@@ -234,15 +248,18 @@ def cmd_device(a: argparse.Namespace) -> int:
         curve = load_curve_keys(a.curve_server_public, a.curve_client_secret)
     csi = None
     trace_start = [a.trace_start if a.trace_start is not None else time.monotonic()]  # --wait-go resets it
-    if a.trace:  # the CSI report: the trace step in force since the replay start (one monotonic clock)
-        from nodes.csi_report import TraceCSI
+    if a.link_state:  # the CSI report: the step the replayer applied to this device's link (nodes/csi_report.py)
+        from nodes.csi_report import applied_csi
+
+        csi = applied_csi(a.link_state)
+    elif a.trace:  # no replayer: the trace's row in force since the trace start (one monotonic clock)
+        from nodes.csi_report import schedule_csi
         from traces.format import read_trace
 
-        reports = TraceCSI(read_trace(a.trace))
-        csi = lambda: reports.at((time.monotonic() - trace_start[0]) * 1000.0)  # noqa: E731
+        csi = schedule_csi(read_trace(a.trace), lambda: trace_start[0])
     counter = None
     if a.count_iface:
-        from nodes.netdev import read_counters
+        from procs.netdev import read_counters
 
         def counter() -> tuple[int, int]:
             c = read_counters("self", a.count_iface)
@@ -319,7 +336,9 @@ def register_node(sub: argparse._SubParsersAction) -> None:
             q.add_argument("--curve-client-secret",
                            help="this device's CURVE key pair (NAME.key_secret from wisv node keys --client NAME, "
                                 "or a Z85 secret key file); default: an ephemeral pair")
-            q.add_argument("--trace", help="trace whose step in force is reported as CSI")
+            q.add_argument("--link-state", help="link-state file the replayer publishes the applied step into; "
+                                                "its step is reported as CSI (traces/link_state.py)")
+            q.add_argument("--trace", help="without --link-state: trace whose step in force is reported as CSI")
             q.add_argument("--trace-start", type=float, help="monotonic second at which the trace started")
             q.add_argument("--json-out", help="write the per-request records and the config here")
             q.add_argument("--count-iface", help="interface whose counters give each round's on-wire bytes")
@@ -361,17 +380,22 @@ def cmd_head_train(a: argparse.Namespace) -> int:
 
 def register_head(sub: argparse._SubParsersAction) -> argparse._SubParsersAction:
     """Add the ``head`` command group (mine labels, train; ``runs.cli`` adds eval); returns its subcommands."""
+    from nodes.config import ModelConfig, RunConfig, TaskConfig, field_default
+
     p = sub.add_parser("head", help="the WISV decision head: mine labels, train, evaluate")
     hs = p.add_subparsers(dest="head_cmd", required=True)
     m = hs.add_parser("mine", help="AutoJudge-style labels on the training split (resumable)")
     m.add_argument("-o", "--output", default="runs/out/mined", help="dataset folder (resumed when it exists)")
     m.add_argument("--problems", type=int, default=600, help="training problems to mine")
-    m.add_argument("--gamma", type=int, default=4, help="draft tokens per round")
+    m.add_argument("--gamma", type=int, default=field_default(RunConfig, "gamma"), help="draft tokens per round")
     m.add_argument("--drafter", help="drafter model folder (default: the shipped pair)")
     m.add_argument("--target", help="target model folder (default: the shipped pair)")
-    m.add_argument("--max-new-tokens", type=int, default=128, help="longest continuation, tokens")
-    m.add_argument("--dtype", choices=["fp32", "bf16", "fp16"], default="fp32", help="both models' weights dtype")
-    m.add_argument("--device", default="cpu", help="both models' torch device: cpu, cuda, cuda:N")
+    m.add_argument("--max-new-tokens", type=int, default=field_default(TaskConfig, "max_new_tokens"),
+                   help="longest continuation, tokens")
+    m.add_argument("--dtype", choices=["fp32", "bf16", "fp16"], default=field_default(ModelConfig, "target_dtype"),
+                   help="both models' weights dtype")
+    m.add_argument("--device", default=field_default(ModelConfig, "target_device"),
+                   help="both models' torch device: cpu, cuda, cuda:N")
     m.add_argument("--batch-size", type=int, default=16, help="sequences per forward (problems, rollouts)")
     m.add_argument("--shard-size", type=int, default=50, help="problems per shard (the unit of resumption)")
     m.add_argument("--threads", type=int, help="torch CPU threads (default: torch's)")

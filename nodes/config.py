@@ -6,11 +6,14 @@ so no setting is dropped on any path.
               models=ModelConfig(drafter, target, devices, dtypes), task=TaskConfig(split, problems, ...),
               compute=ComputeConfig(device=ComputeProfile, edge=ComputeProfile),   # nodes.profiles
               timeout_ms, retries)
+
+The defaults written in these dataclasses are the only ones: the spec schema (``runs.schema``)
+and the command lines read them (:func:`field_default`).
 """
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field, fields, is_dataclass, replace
+from dataclasses import MISSING, asdict, dataclass, field, fields, is_dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -142,3 +145,17 @@ def _build(cls, d: dict[str, Any], where: str):
         default = known[name].default_factory() if callable(known[name].default_factory) else None
         kw[name] = _build(type(default), v, f"{where}{name}.") if is_dataclass(default) else v
     return cls(**kw)
+
+
+def field_default(cls: type, name: str) -> Any:
+    """The default of field ``name`` of dataclass ``cls`` (a default factory called): the one
+    place a setting's default is written, read by the spec schema and the command lines.
+    KeyError for a field without one."""
+    for f in fields(cls):
+        if f.name == name:
+            if f.default is not MISSING:
+                return f.default
+            if f.default_factory is not MISSING:
+                return f.default_factory()
+            break
+    raise KeyError(f"{cls.__name__}.{name} has no default")

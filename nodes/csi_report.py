@@ -1,40 +1,31 @@
-"""The device's CSI report from a trace: the row in force at a time since the trace started.
+"""The device's CSI report: what its link applies now (SPEC §4).
 
-In the testbed the channel a device sees is the trace the replayer applies to its link, so the
-device reports the same trace's row in force (SPEC §4); the simulator's link reads it too.
+In the testbed the replayer publishes every step it applies to a device's link into that
+device's link-state file (:mod:`traces.link_state`); the device reports the step found there,
+so a step the replayer missed is never reported. A device run on its own (no replayer) can
+report a trace's row in force since a start time instead (:func:`schedule_csi`), read from the
+same :class:`traces.schedule.LinkSchedule` the replayer and the simulator use.
 """
 from __future__ import annotations
 
-import numpy as np
+import time
+from pathlib import Path
+from typing import Callable
 
 from channel_models.csi import CSI
 from traces.format import Trace
+from traces.link_state import LinkStateReader
+from traces.schedule import LinkSchedule
 
 
-class TraceCSI:
-    """Reports of one trace; ``at(t_ms)`` loops past the trace's end."""
+def applied_csi(path: str | Path) -> Callable[[], CSI]:
+    """The report of the step the replayer last applied to this device's link (its link-state
+    file ``path``); an unknown channel's report before the first step."""
+    return LinkStateReader(path).csi
 
-    def __init__(self, trace: Trace):
-        self.duration_ms = trace.duration_ms
-        t = trace.data["t_ms"].to_numpy(dtype=float)
-        self._t = t - t[0]
-        self._reports = [CSI.from_row(r) for r in trace.data.to_dict("records")]
 
-    def outage_end_ms(self, t_ms: float, direction: str) -> float | None:
-        """When an outage (rate 0 in ``direction``) in force at ``t_ms`` ends, in ms on the same
-        clock; None when the rate at ``t_ms`` is not 0, inf when the trace never recovers."""
-        if self.at(t_ms).rate_bps(direction) > 0:
-            return None
-        base = t_ms - (t_ms % self.duration_ms if self.duration_ms > 0 else 0.0)
-        start = int(np.searchsorted(self._t, t_ms - base, side="right"))
-        for lap in range(2):  # the rest of this lap, then the whole next one (the trace loops)
-            for i in range(start if lap == 0 else 0, len(self._t)):
-                if self._reports[i].rate_bps(direction) > 0:
-                    return base + lap * self.duration_ms + self._t[i]
-        return float("inf")
-
-    def at(self, t_ms: float) -> CSI:
-        """The report in force ``t_ms`` ms after the trace started (the trace loops)."""
-        if self.duration_ms > 0:
-            t_ms %= self.duration_ms
-        return self._reports[max(0, int(np.searchsorted(self._t, t_ms, side="right")) - 1)]
+def schedule_csi(trace: Trace, start: Callable[[], float]) -> Callable[[], CSI]:
+    """The report of ``trace``'s row in force (looping) ``time.monotonic() - start()`` seconds
+    after it started; ``start`` is read at every report (an orchestrator may set it late)."""
+    schedule = LinkSchedule.from_trace(trace)
+    return lambda: schedule.csi_at((time.monotonic() - start()) * 1000.0)

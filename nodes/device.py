@@ -3,48 +3,59 @@
 Every exchange has a timeout and a bounded number of retries (the edge answers a duplicate
 with its previous reply), so a deep fade delays a round but never hangs a run: after the last
 retry the request fails with :class:`ExchangeTimeout`. Each finished round is appended to the
-round log at once. What the device uploads each round is its protocol's business
-(:meth:`nodes.protocols.Protocol.round_upload`); how messages travel is its transport's
-(ZeroMQ here, the simulator's analytic link in :mod:`runs.simulate`).
+round log at once. How long a round's draft is, what the device uploads with it and what it
+learns from the verdict are its protocol's business (the session's
+:class:`nodes.protocols.DeviceSide`, whose hooks the round loop :meth:`DeviceClient.speculate`
+calls); how messages travel is its transport's (ZeroMQ here, the simulator's analytic link in
+:mod:`runs.simulate`).
 """
 from __future__ import annotations
 
 import logging
 import time
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
 import torch
 import zmq
 
-from channel_models.csi import CSI, round_trip_ms, transfer_ms
+from channel_models.csi import CSI
 from nodes.config import RunConfig, TaskConfig
 from nodes.decoding import Drafter, SamplingConfig
 from nodes.decoding.stopping import StopCriteria, stop_criteria_for
-from nodes.protocols import PROTOCOLS
+from nodes.protocols import PROTOCOLS, DeviceSetup, DeviceSide, RoundStart
 from nodes.telemetry import RoundLog, RoundLogger
 from nodes.wire import (Bye, Draft, Error, Hello, HelloAck, HiddenRequest, HiddenUpload, Message, Result, Start,
                         StartAck, Verdict, array_nbytes, decode, encode, encoded_size)
 
 log = logging.getLogger(__name__)
-DRAFT_BYTES = 250  # a draft message without hidden rows (γ = 4 token ids, the CSI report, ids), about
-REQUEST_BYTES = 70  # a hidden_request message, about
-UPLOAD_HEADER_BYTES = 130  # a hidden_upload message without its rows, about
 
 
-def upload_costs_ms(csi: CSI, gamma: int, bytes_per_row: float, p_mismatch: float, rows_per_mismatch: float,
-                    draft_bytes: float = DRAFT_BYTES, request_bytes: float = REQUEST_BYTES,
-                    upload_header_bytes: float = UPLOAD_HEADER_BYTES) -> tuple[float, float]:
-    """(full, mismatch-first): the expected time in ms each upload mode adds to a round of
-    ``gamma`` draft tokens at ``csi``, by the one link model (:func:`channel_models.csi.transfer_ms`).
-    Full: the draft carries ``gamma`` rows of ``bytes_per_row`` more — their serialisation and
-    the expected retransmissions of the extra TCP segments. Mismatch-first: with probability
-    ``p_mismatch`` one more exchange, a hidden_request down and ``rows_per_mismatch`` rows up."""
-    full = (transfer_ms(csi, draft_bytes + gamma * bytes_per_row, "up") - transfer_ms(csi, draft_bytes, "up"))
-    second = p_mismatch * round_trip_ms(csi, upload_header_bytes + rows_per_mismatch * bytes_per_row, request_bytes)
-    return full, second
+@dataclass
+class ExchangeCounts:
+    """What a round's exchanges cost, as the transport counts them: application bytes up and
+    down (all frames of every message sent or received), completed round trips, and retries."""
+
+    up_bytes: int = 0
+    down_bytes: int = 0
+    round_trips: int = 0
+    retries: int = 0
+
+
+@dataclass
+class RoundInProgress:
+    """A round the device has begun: its index, when (wall clock, epoch s; the transport's
+    monotonic ms), the CSI report in force then, the interface's (tx, rx) L2 byte counters
+    (None: not counted) and the transport's counts so far."""
+
+    round: int
+    t_wall: float
+    t0_ms: float
+    csi: CSI
+    wire0: tuple[int, int] | None = None
+    counts: ExchangeCounts = field(default_factory=ExchangeCounts)
 
 
 class ExchangeTimeout(RuntimeError):
@@ -72,61 +83,10 @@ class RequestResult:
     end_reason: str = ""  # eos, stop (a stop sequence), budget; '' for a failed request
 
     def record(self, correct: bool) -> dict:
-        """The per-request record of the ``requests`` table (README: output schema)."""
+        """The per-request record of the ``requests`` table (docs/reports-and-sweeps.md: output schema)."""
         return {"request_id": self.request_id, "ok": self.ok, "error": self.error, "correct": bool(self.ok and correct),
-                "n_tokens": len(self.tokens), "latency_ms": self.latency_ms, "rounds": len(self.rounds)}
-
-
-@dataclass
-class UploadChooser:
-    """Per-round choice of ``wisv-adaptive`` between full upload and mismatch-first (SPEC §6),
-    both priced in ms by the one link model at the CSI in force when the draft is sent
-    (:func:`upload_costs_ms`): full costs the γ rows' transfer on the uplink now, expected
-    retransmissions of their extra segments included; mismatch-first costs, when the round has
-    a mismatch, one more exchange carrying the mismatched rows. The cheaper wins.
-
-    The chance of a mismatch grows with the draft's length: a draft token differs from the
-    target's choice with probability ``p_token`` (failures per token tried up to the first
-    mismatch, averaged over rounds: a running mean at first, exponential with weight ``alpha``
-    later), so a round of g tokens has one with 1 − (1 − p_token)^g — a short last round rarely
-    needs the second exchange.
-    ``bytes_per_row``: one row on the wire (wire dtype × wire width)."""
-
-    bytes_per_row: int
-    alpha: float = 0.05  # slow: a round's mismatch says little about the next one's (benchmarks/upload_crossover.py)
-    p_token: float = 0.15
-    rows_per_mismatch: float = 1.0
-    _failures: float = 0.15  # averaged mismatches per round …
-    _tried: float = 1.0  # … and draft tokens tried per round (up to and including the first mismatch)
-    _rounds: int = 0  # rounds observed (the prior counts as one)
-    _asked: int = 0  # rounds whose rows the edge asked for
-
-    def p_mismatch(self, gamma: int) -> float:
-        """Chance that a round of ``gamma`` draft tokens has a mismatch (0–1)."""
-        return 1.0 - (1.0 - self.p_token) ** gamma
-
-    def costs_ms(self, gamma: int, csi: CSI) -> tuple[float, float]:
-        """(full, mismatch-first) expected ms added to a round of ``gamma`` draft tokens at ``csi``."""
-        return upload_costs_ms(csi, gamma, self.bytes_per_row, self.p_mismatch(gamma),
-                               min(self.rows_per_mismatch, gamma))
-
-    def choose(self, gamma: int, csi: CSI) -> str:
-        """``all`` or ``mismatch`` for a round of ``gamma`` draft tokens."""
-        full_ms, sel_ms = self.costs_ms(gamma, csi)
-        return "all" if full_ms <= sel_ms else "mismatch"
-
-    def observe(self, drafted: int, first_mismatch: int, rows: int = 0) -> None:
-        """Update the statistics with a finished round of ``drafted`` tokens: its first mismatch
-        (−1: none) and, when the edge asked for them, how many rows it requested."""
-        mismatch = 0 <= first_mismatch < drafted
-        self._rounds += 1
-        w = max(self.alpha, 1.0 / (self._rounds + 1))  # a running mean until 1/alpha rounds, then exponential
-        self._failures += w * (float(mismatch) - self._failures)
-        self._tried += w * ((first_mismatch + 1 if mismatch else drafted) - self._tried)
-        self.p_token = min(1.0, self._failures / max(self._tried, 1e-9))
-        if rows:
-            self._asked += 1
-            self.rows_per_mismatch += max(self.alpha, 1.0 / (self._asked + 1)) * (rows - self.rows_per_mismatch)
+                "n_tokens": len(self.tokens), "latency_ms": self.latency_ms, "rounds": len(self.rounds),
+                "end_reason": self.end_reason}
 
 
 def matches(sent: Message, reply: Message) -> bool:
@@ -185,7 +145,7 @@ class ZmqTransport:
 
             sleep_ms(pad_ms)
 
-    def exchange(self, msg: Message, expect: tuple[type, ...], stats: dict) -> Message:
+    def exchange(self, msg: Message, expect: tuple[type, ...], counts: ExchangeCounts) -> Message:
         """Send ``msg`` and return the matching reply, retrying after each timeout."""
         frames = encode(msg, {"hidden": self.cfg.hidden_dtype, "probs": "f32"})
         size = encoded_size(frames)
@@ -193,28 +153,28 @@ class ZmqTransport:
             try:
                 self.sock.send_multipart(frames)
             except zmq.Again:  # nothing to send to for timeout_ms
-                stats["retries"] += 1
+                counts.retries += 1
                 log.warning("%s: could not send %s for %d ms (attempt %d)", self.cfg.device_id, msg.TYPE,
                             self.cfg.timeout_ms, attempt + 1)
                 continue
-            stats["up_bytes"] += size
+            counts.up_bytes += size
             deadline = time.monotonic() + self.cfg.timeout_ms / 1000.0
             while True:
                 left = deadline - time.monotonic()
                 if left <= 0 or not self.sock.poll(int(left * 1000) + 1):
                     break
                 reply_frames = self.sock.recv_multipart()
-                stats["down_bytes"] += encoded_size(reply_frames)
+                counts.down_bytes += encoded_size(reply_frames)
                 reply = decode(reply_frames, self.max_message_bytes)
                 if isinstance(reply, Error):
                     raise EdgeError(reply.code, reply.message)
                 if isinstance(reply, expect) and matches(msg, reply):
-                    stats["round_trips"] += 1
+                    counts.round_trips += 1
                     return reply
                 # a late reply to an earlier attempt of another exchange: ignore it
             if self._key_refused():
                 raise EdgeError("unauthenticated", "the edge refused this device's CURVE key (not on its allow-list)")
-            stats["retries"] += 1
+            counts.retries += 1
             log.warning("%s: no reply to %s after %d ms (attempt %d)", self.cfg.device_id, msg.TYPE,
                         self.cfg.timeout_ms, attempt + 1)
         if self._key_refused():
@@ -253,7 +213,8 @@ class DeviceClient:
         self.transport, self.wire_counter = transport, wire_counter
         self.secret = ""  # the session secret from hello_ack, sent in every later message
         self.wire_width = wire_width(int(drafter.config.hidden_size), cfg.hidden_wire_width)
-        self.chooser = UploadChooser(array_nbytes((1, self.wire_width), cfg.hidden_dtype))
+        self.side: DeviceSide = self.protocol.device(DeviceSetup(
+            cfg.gamma, cfg.temperature, array_nbytes((1, self.wire_width), cfg.hidden_dtype)))
         self._stop: StopCriteria | None = None  # the request in progress: its stop rules …
         self._ended = ""  # … and why it ended, once a stop rule fired
 
@@ -268,7 +229,7 @@ class DeviceClient:
         """Open the session and keep its secret for every later message."""
         c = self.cfg
         ack = self.transport.exchange(Hello(c.device_id, c.protocol, c.gamma, c.temperature, c.hidden_dtype, self.token,
-                                            c.seed, c.hidden_wire_width or 0), (HelloAck,), _stats())
+                                            c.seed, c.hidden_wire_width or 0), (HelloAck,), ExchangeCounts())
         self.secret = ack.secret
         return ack
 
@@ -282,21 +243,19 @@ class DeviceClient:
     # ------------------------------------------------------------------ a request
     def run(self, prompt: list[int], max_new_tokens: int = 128, request_id: str | None = None,
             stop: StopCriteria | None = None) -> RequestResult:
-        """Run one request to completion; the result is marked failed (with partial rounds kept
-        in the log) when the edge stops answering or rejects it. ``stop``: where the output ends
-        besides the edge's EOS and the budget (several EOS ids, stop sequences): the device
-        drafts no further, ends the request and drops the tokens past the stop."""
+        """Run one request to completion (its exchange is the protocol's:
+        :meth:`nodes.protocols.DeviceSide.run_request`); the result is marked failed (with
+        partial rounds kept in the log) when the edge stops answering or rejects it. ``stop``:
+        where the output ends besides the edge's EOS and the budget (several EOS ids, stop
+        sequences): the device drafts no further, ends the request and drops the tokens past the
+        stop."""
         rid = request_id or uuid.uuid4().hex[:12]
         self._stop, self._ended = stop, ""
         t0 = self.transport.now_ms()
         rounds: list[RoundLog] = []
         out: list[int] = []
         try:
-            if self.protocol.edge_only:
-                out = self._edge_alone(rid, list(prompt), max_new_tokens, rounds)
-            else:
-                self.transport.exchange(Start(rid, list(prompt), max_new_tokens, self.secret), (StartAck,), _stats())
-                out = self._speculate(rid, list(prompt), max_new_tokens, rounds)
+            out = self.side.run_request(self, rid, list(prompt), max_new_tokens, rounds)
         except (ExchangeTimeout, EdgeError) as e:
             return RequestResult(rid, out, rounds, self.transport.now_ms() - t0, ok=False, error=str(e))
         hit = stop.check(out) if stop is not None else None
@@ -310,66 +269,59 @@ class DeviceClient:
             return self._ended
         return "eos" if self.eos is not None and out and out[-1] == self.eos else "budget"
 
-    def _edge_alone(self, rid: str, prompt: list[int], max_new_tokens: int, rounds: list[RoundLog]) -> list[int]:
-        stats, t0, t_wall, csi = _stats(), self.transport.now_ms(), self.transport.wall_s(), self.csi()
-        res: Result = self.transport.exchange(Start(rid, prompt, max_new_tokens, self.secret), (Result,), stats)
-        out = list(res.tokens)
-        wall = self.transport.now_ms() - t0
-        rounds.append(self._log(rid, 0, len(out), 0, 0, -1, 0, out[-1] if out else -1, stats, 0.0, res.verify_ms,
-                                wall - res.verify_ms, wall, t_wall, csi))
-        return out
-
-    def _speculate(self, rid: str, seq: list[int], max_new_tokens: int, rounds: list[RoundLog]) -> list[int]:
+    def speculate(self, rid: str, prompt: list[int], max_new_tokens: int, rounds: list[RoundLog],
+                  side: DeviceSide) -> list[int]:
+        """Start request ``rid`` at the edge, then draft and verify round by round until the
+        edge says it is done; ``side`` chooses each round's draft length and upload and hears
+        each finished round's record (its draft length is held to 1 … min(``cfg.gamma``, the
+        tokens left)). Returns the output tokens (prompt excluded)."""
+        self.exchange(Start(rid, list(prompt), max_new_tokens, self.secret), (StartAck,))
         self.drafter.reset()
-        out: list[int] = []
-        rnd = 0
+        seq, out = list(prompt), []
+        rnd_no = 0
         stop = self._stop
         while True:
-            stats = _stats()
-            wire0 = self.wire_counter() if self.wire_counter else None
-            t_wall, t0 = self.transport.wall_s(), self.transport.now_ms()
-            csi = self.csi()
+            rnd = self.begin_round(rnd_no)
             n_prefill = max(0, len(seq) - self.drafter.lm.cache_len - 1)
+            budget = max_new_tokens - len(out)
+            gamma = max(1, min(side.draft_length(RoundStart(rnd_no, rnd.csi, self.cfg.gamma, budget)), self.cfg.gamma,
+                               budget))  # the edge takes no longer draft
             done = len(out)
-            block = self.drafter.draft(seq, min(self.cfg.gamma, max_new_tokens - len(out)), self.eos,
+            block = self.drafter.draft(seq, gamma, self.eos,
                                        stop=None if stop is None else lambda t: stop.check(out + t, done) is not None)
             block.draft_ms, pad_ms = self.cfg.compute.device.charge(block.draft_ms, len(block.tokens), n_prefill,
                                                                      exact=self.transport.virtual)
             self.transport.compute(block.draft_ms, pad_ms)
             # the upload meets the channel in force once the draft is ready, not the round-start report
-            upload = self.protocol.round_upload(self.chooser.choose, len(block.tokens), self.csi())
-            stats["upload"] = upload if upload != "none" else ""
-            probs = block.probs if self.protocol.sends_probs(self.cfg.temperature) else None
+            upload = side.upload(len(block.tokens), self.csi())
+            probs = block.probs if side.sends_probs() else None
             hidden = pad_rows(block.hidden, self.wire_width) if upload == "all" else None
-            reply = self.transport.exchange(Draft(rid, rnd, block.tokens, csi.to_wire(), hidden, probs, self.secret),
-                                            (Verdict, HiddenRequest), stats)
+            reply = self.exchange(Draft(rid, rnd_no, block.tokens, rnd.csi.to_wire(), hidden, probs, self.secret),
+                                  (Verdict, HiddenRequest), rnd)
+            rows = len(block.tokens) if upload == "all" else 0
             if isinstance(reply, HiddenRequest):
                 if any(not 0 <= p < len(block.tokens) for p in reply.positions):
                     raise EdgeError("bad_request", f"edge asked for positions {reply.positions}")
-                rows = pad_rows(block.hidden[torch.tensor(reply.positions, dtype=torch.long)], self.wire_width)
-                asked = len(reply.positions)
-                reply = self.transport.exchange(HiddenUpload(rid, rnd, reply.positions, rows, self.secret), (Verdict,),
-                                                stats)
-            else:
-                asked = 0
+                asked = pad_rows(block.hidden[torch.tensor(reply.positions, dtype=torch.long)], self.wire_width)
+                rows = len(reply.positions)
+                reply = self.exchange(HiddenUpload(rid, rnd_no, reply.positions, asked, self.secret), (Verdict,), rnd)
             v: Verdict = reply
-            self.chooser.observe(len(block.tokens), v.first_mismatch, asked)  # the verdict says where it differed
-            new = block.tokens[: v.n_accepted] + [v.next_token]
+            new = block.tokens[: v.accepted] + [v.next_token]
             hit = stop.check(out + new, len(out)) if stop is not None else None
             if hit is not None:  # tokens past the stop are not output
                 new, self._ended = new[: hit.keep - len(out)], hit.reason
             seq.extend(new)
             out.extend(new)
             self.drafter.commit(len(seq))
-            wall = self.transport.now_ms() - t0
-            stats["draft_pad_ms"], stats["verify_pad_ms"] = pad_ms, v.pad_ms
-            if wire0 is not None:
-                wire1 = self.wire_counter()
-                stats["wire_up_bytes"], stats["wire_down_bytes"] = wire1[0] - wire0[0], wire1[1] - wire0[1]
-            rounds.append(self._log(rid, rnd, len(block.tokens), v.n_accepted, v.n_exact, v.first_mismatch,
-                                    v.n_harmless, v.next_token, stats, block.draft_ms, v.verify_ms,
-                                    max(0.0, wall - block.draft_ms - v.verify_ms), wall, t_wall, csi))
-            rnd += 1
+            record = self.finish_round(rnd, rid, gamma=gamma, drafted=len(block.tokens), reply=v, new_tokens=new,
+                                       done=v.done or hit is not None, accepted=v.accepted,
+                                       accepted_exact=v.accepted_exact, first_mismatch=v.first_mismatch,
+                                       harmless=v.harmless, draft_ms=block.draft_ms, draft_pad_ms=pad_ms,
+                                       upload=upload if upload != "none" else "", hidden_rows=rows,
+                                       end=hit.reason if hit is not None else "")
+            rounds.append(record)
+            side.observe(record)  # the protocol's feedback: where the draft differed, what it cost
+            rnd_no += 1
             if hit is not None:
                 return out[:max_new_tokens]
             if v.done:
@@ -377,16 +329,53 @@ class DeviceClient:
                     del out[out.index(self.eos) + 1:]
                 return out[:max_new_tokens]
 
-    def _log(self, rid, rnd, drafted, accepted, exact, first, harmless, nxt, stats, draft_ms, verify_ms, link_ms,
-             wall_ms, t_wall, csi: CSI) -> RoundLog:
-        rec = RoundLog(self.cfg.run_id, self.protocol.name, self.cfg.device_id, rid, rnd, drafted, accepted, exact,
-                       first, harmless, nxt, stats["up_bytes"], stats["down_bytes"], stats["round_trips"], draft_ms,
-                       verify_ms, link_ms, wall_ms, t_wall, self.transport.wall_s(), stats["retries"], csi,
-                       stats.get("draft_pad_ms", 0.0), stats.get("verify_pad_ms", 0.0),
-                       stats.get("wire_up_bytes", -1), stats.get("wire_down_bytes", -1), stats.get("upload", ""))
+    # ------------------------------------------------------------------ primitives of an exchange
+    def begin_round(self, rnd: int) -> RoundInProgress:
+        """Start the clock, the byte counters and the CSI report of round ``rnd``."""
+        return RoundInProgress(rnd, self.transport.wall_s(), self.transport.now_ms(), self.csi(),
+                               self.wire_counter() if self.wire_counter else None)
+
+    def exchange(self, msg: Message, expect: tuple[type, ...], rnd: RoundInProgress | None = None) -> Message:
+        """Send ``msg`` and return the edge's matching reply (one of ``expect``), counting bytes,
+        round trips and retries into ``rnd`` (None: uncounted); ExchangeTimeout or EdgeError
+        when none comes."""
+        return self.transport.exchange(msg, expect, rnd.counts if rnd is not None else ExchangeCounts())
+
+    def finish_round(self, rnd: RoundInProgress, request_id: str, *, gamma: int, drafted: int,
+                     reply: Verdict | Result, new_tokens: list[int], done: bool, accepted: int = 0,
+                     accepted_exact: int = 0, first_mismatch: int = -1, harmless: int = 0, draft_ms: float = 0.0,
+                     draft_pad_ms: float = 0.0, upload: str = "", hidden_rows: int = 0, end: str = "") -> RoundLog:
+        """The record of a finished round (written to the round log, if any): the device's own
+        times and counts joined with the edge's reply — its decision and its times, so that
+        ``link_ms`` is the wall time less the draft and the edge's residence (its compute, for
+        an edge that does not report residence)."""
+        wall = self.transport.now_ms() - rnd.t0_ms
+        edge_ms = reply.edge_ms if reply.edge_ms > 0 else reply.verify_ms
+        wire1 = self.wire_counter() if rnd.wire0 is not None else None
+        c = rnd.counts
+        rec = RoundLog(
+            run_id=self.cfg.run_id, protocol=self.protocol.name, device_id=self.cfg.device_id, request_id=request_id,
+            round=rnd.round, drafted=drafted, accepted=accepted, accepted_exact=accepted_exact,
+            first_mismatch=first_mismatch, harmless=harmless, next_token=new_tokens[-1] if new_tokens else -1,
+            up_bytes=c.up_bytes, down_bytes=c.down_bytes, round_trips=c.round_trips, draft_ms=draft_ms,
+            verify_ms=reply.verify_ms, link_ms=max(0.0, wall - draft_ms - edge_ms), wall_ms=wall, t_start=rnd.t_wall,
+            t_end=self.transport.wall_s(), retries=c.retries, csi=rnd.csi, draft_pad_ms=draft_pad_ms,
+            verify_pad_ms=reply.pad_ms,
+            wire_up_bytes=wire1[0] - rnd.wire0[0] if wire1 else -1,
+            wire_down_bytes=wire1[1] - rnd.wire0[1] if wire1 else -1,
+            upload=upload, gamma=gamma, hidden_rows=hidden_rows,
+            end_reason=end or (end_reason(new_tokens, self.eos) if done else ""),
+            edge_queue_ms=reply.edge_queue_ms, edge_ms=edge_ms, t_edge_arrival=reply.t_edge_arrival,
+            t_edge_reply=reply.t_edge_reply)
         if self.logger is not None:
             self.logger.write(rec)
         return rec
+
+
+def end_reason(new_tokens: list[int], eos: int | None) -> str:
+    """Why a request ended with the round that committed ``new_tokens``: ``eos`` when it holds
+    the end-of-sequence token, else ``budget`` (``max_new_tokens`` reached)."""
+    return "eos" if eos is not None and eos in new_tokens else "budget"
 
 
 def wire_width(drafter_width: int, requested: int | None) -> int:
@@ -404,10 +393,6 @@ def pad_rows(rows: torch.Tensor, width: int) -> torch.Tensor:
     """``rows`` [n, H] zero-padded on the right to [n, ``width``] (unchanged when already that
     wide): what the wire carries when a wider drafter's link costs are emulated."""
     return rows if rows.shape[-1] == width else torch.nn.functional.pad(rows, (0, width - rows.shape[-1]))
-
-
-def _stats() -> dict:
-    return {"up_bytes": 0, "down_bytes": 0, "round_trips": 0, "retries": 0}
 
 
 def run_problems(client: DeviceClient, pair, task: TaskConfig) -> tuple[list[dict], list[RequestResult]]:

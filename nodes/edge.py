@@ -14,14 +14,23 @@ session expects (γ or the requested positions × the head's drafter width — o
 every later message must carry, so a peer that takes over a device's ZeroMQ identity can neither
 read, advance, reset nor close its session. With CURVE, a ZAP handler (``zmq.auth``) admits only
 client keys from an allow-list.
+
+What a session does with a request is its protocol's (:class:`nodes.protocols.EdgeSide`: the
+policy run on each draft, and what ``start`` does and answers). The edge times every round it
+serves: a receiver thread stamps each message's arrival at the socket, and the verdict reports
+the round's queue wait (arrival to the start of handling) and its whole stay at the edge, so the
+device's ``link_ms`` is link time only.
 """
 from __future__ import annotations
 
 import hmac
 import logging
 import os
+import queue
 import secrets
+import threading
 import time
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -30,13 +39,13 @@ import torch
 import zmq
 
 from channel_models.csi import CSI
-from nodes.decoding import RoundOutcome, Verifier, autoregressive_generate, verify_round
+from nodes.decoding import RoundOutcome, Verifier, verify_round
 from nodes.decoding.policies import VerificationPolicy
 from nodes.profiles import ComputeProfile, sleep_ms
 from nodes.models import model_identity
-from nodes.protocols import PROTOCOLS, Protocol
-from nodes.wire import (WIRE_DTYPES, Bye, Draft, Envelope, Error, Hello, HelloAck, HiddenRequest, HiddenUpload, Result,
-                        Start, StartAck, Verdict, WireError, decode_envelope, encode)
+from nodes.protocols import PROTOCOLS, EdgeSetup, EdgeSide, Protocol
+from nodes.wire import (WIRE_DTYPES, Bye, Draft, Envelope, Error, Hello, HelloAck, HiddenRequest, HiddenUpload, Message,
+                        Result, Start, Verdict, WireError, decode_envelope, encode)
 
 log = logging.getLogger(__name__)
 MAX_ERROR_CHARS = 300  # error replies echo peer input: cut them
@@ -54,6 +63,39 @@ class EdgeLimits:
     max_new_tokens: int = 1024
     max_prompt_tokens: int = 4096
     idle_timeout_s: float = 60.0  # a full edge evicts sessions idle this long (a device that vanished)
+
+
+@dataclass(frozen=True)
+class Arrival:
+    """When a message reached the edge's socket: monotonic ms (for durations) and wall clock
+    (epoch s, for the logs)."""
+
+    perf_ms: float
+    wall_s: float
+
+    @classmethod
+    def now(cls) -> "Arrival":
+        """This instant."""
+        return cls(time.perf_counter() * 1000.0, time.time())
+
+
+@dataclass
+class EdgeRoundTimes:
+    """A round's time at the edge so far, summed over its exchanges (a draft, and a hidden
+    upload when rows were asked for): queue wait and whole stay in ms, and the wall clock
+    (epoch s) when its first message arrived (0: not measured)."""
+
+    queue_ms: float = 0.0
+    stay_ms: float = 0.0
+    t_arrival: float = 0.0
+
+    def add(self, arrival: Arrival | None, begin_ms: float, end_ms: float) -> None:
+        """Count one exchange handled from ``begin_ms`` to ``end_ms`` (monotonic ms)."""
+        if arrival is None:  # no socket (simulation): the round's time is its charged compute
+            return
+        self.queue_ms += max(0.0, begin_ms - arrival.perf_ms)
+        self.stay_ms += max(0.0, end_ms - arrival.perf_ms)
+        self.t_arrival = self.t_arrival or arrival.wall_s
 
 
 @dataclass
@@ -76,7 +118,7 @@ class Session:
     hello: Hello
     protocol: Protocol
     verifier: Verifier
-    policy: VerificationPolicy | None
+    side: EdgeSide  # the protocol's edge side: the policy, and what start does
     request: Request | None = None
     last_key: tuple | None = None
     last_reply: list[bytes] = field(default_factory=list)
@@ -86,6 +128,12 @@ class Session:
     ident: bytes = b""  # the ZeroMQ identity that last used the session
     drafter_width: int | None = None  # drafter hidden rows the policy reads are this wide (None: it reads none)
     wire_width: int | None = None  # ... and arrive this wide, zero-padded beyond drafter_width (hello.hidden_wire_width)
+    times: EdgeRoundTimes = field(default_factory=EdgeRoundTimes)  # the round being served
+
+    @property
+    def policy(self) -> VerificationPolicy | None:
+        """The policy run on each draft (None: the protocol verifies nothing)."""
+        return self.side.policy
 
 
 class EdgeServer:
@@ -156,25 +204,58 @@ class EdgeServer:
             self._ctx = None
 
     def serve(self, poll_ms: int = 100, until: float | None = None) -> None:
-        """Handle messages until stopped (or until monotonic second ``until``)."""
+        """Handle messages until stopped (or until monotonic second ``until``), in arrival order.
+        A receiver thread owns the socket: it stamps each message's arrival as it comes (also
+        while this thread computes; late by at most Python's thread switch interval, 5 ms) and
+        sends the replies this thread hands it."""
+        inbox: queue.SimpleQueue = queue.SimpleQueue()
+        addr = f"inproc://edge-replies-{uuid.uuid4().hex}"
+        replies_in = self._ctx.socket(zmq.PAIR)
+        replies_in.bind(addr)
+        replies_out = self._ctx.socket(zmq.PAIR)
+        replies_out.connect(addr)
+        done = threading.Event()
+        receiver = threading.Thread(target=self._receive, args=(inbox, replies_in, done, poll_ms),
+                                    name="edge-receiver", daemon=True)
+        receiver.start()
+        try:
+            while self._running and (until is None or time.monotonic() < until):
+                try:
+                    arrival, frames = inbox.get(timeout=poll_ms / 1000.0)
+                except queue.Empty:
+                    continue
+                reply = self.handle_frames(frames[0], frames[1:], arrival)
+                if reply is not None:
+                    replies_out.send_multipart([frames[0], *reply])
+        finally:
+            done.set()
+            receiver.join()
+            replies_out.close(0)
+            replies_in.close(0)
+
+    def _receive(self, inbox: queue.SimpleQueue, replies: zmq.Socket, done: threading.Event, poll_ms: int) -> None:
+        """The receiver thread: stamp and queue every message from the socket, send every reply
+        from ``replies``, until ``done`` (replies already handed over are still sent)."""
         poller = zmq.Poller()
         poller.register(self.sock, zmq.POLLIN)
-        while self._running and (until is None or time.monotonic() < until):
-            if not poller.poll(poll_ms):
-                continue
-            frames = self.sock.recv_multipart(copy=True)
-            if len(frames) < 2:
-                continue
-            reply = self.handle_frames(frames[0], frames[1:])
-            if reply is not None:
-                self.sock.send_multipart([frames[0], *reply])
+        poller.register(replies, zmq.POLLIN)
+        while not done.is_set() or replies.poll(0):
+            ready = dict(poller.poll(poll_ms))
+            while replies.poll(0):
+                self.sock.send_multipart(replies.recv_multipart())
+            while self.sock in ready and self.sock.poll(0):
+                frames = self.sock.recv_multipart(copy=True)
+                if len(frames) >= 2:
+                    inbox.put((Arrival.now(), frames))
 
-    def handle_frames(self, ident: bytes, body: list[bytes]) -> list[bytes] | None:
-        """The reply frames to one message from device ``ident`` (None: no reply); never raises."""
+    def handle_frames(self, ident: bytes, body: list[bytes], arrival: Arrival | None = None) -> list[bytes] | None:
+        """The reply frames to one message from device ``ident`` (None: no reply); never raises.
+        ``arrival``: when it reached the socket (None: no socket, as in simulation, where a
+        round's time at the edge is its charged compute)."""
         self.stats["messages"] += 1
         try:
             return self._handle(ident, decode_envelope(body, self.limits.max_message_bytes,
-                                                       max_list_len=self._max_list_len))
+                                                       max_list_len=self._max_list_len), arrival)
         except WireError as e:
             self.stats["errors"] += 1
             log.warning("rejected a message from %r: %s", ident[:64], e)
@@ -185,7 +266,7 @@ class EdgeServer:
             return encode(Error("internal", f"{type(e).__name__}: {e}"[:MAX_ERROR_CHARS]))
 
     # ------------------------------------------------------------------ handlers
-    def _handle(self, ident: bytes, env: Envelope) -> list[bytes] | None:
+    def _handle(self, ident: bytes, env: Envelope, arrival: Arrival | None) -> list[bytes] | None:
         if env.cls is Hello:
             return self._hello(ident, env.message())
         s = self._session(ident, env.fields.get("secret", ""))
@@ -197,15 +278,32 @@ class EdgeServer:
         key = (msg.TYPE, getattr(msg, "request_id", ""), getattr(msg, "round", None))
         if key == s.last_key and s.last_reply:
             return s.last_reply  # a retry: same answer, no recomputation
+        begin_ms = time.perf_counter() * 1000.0
         if isinstance(msg, Start):
+            s.times = EdgeRoundTimes()
             reply = self._start(s, msg)
         elif isinstance(msg, Draft):
+            s.times = EdgeRoundTimes()
             reply = self._draft(s, msg, env)
         elif isinstance(msg, HiddenUpload):
             reply = self._hidden(s, msg, env)
         else:
             raise WireError("unknown_type", f"{msg.TYPE} is not a request an edge serves")
-        s.last_key, s.last_reply = key, reply
+        frames = encode(self._timed(s, reply, arrival, begin_ms))
+        s.last_key, s.last_reply = key, frames
+        return frames
+
+    def _timed(self, s: Session, reply: Message, arrival: Arrival | None, begin_ms: float) -> Message:
+        """``reply`` with the round's edge times when it ends the round (a verdict or a result);
+        a reply that does not (a hidden request) adds its exchange's times to the round's."""
+        s.times.add(arrival, begin_ms, time.perf_counter() * 1000.0)
+        if not isinstance(reply, (Verdict, Result)):
+            return reply
+        t, s.times = s.times, EdgeRoundTimes()
+        if arrival is None:  # no socket: nothing measured (the device counts the charged compute as the stay)
+            return reply
+        reply.edge_queue_ms, reply.edge_ms = t.queue_ms, max(t.stay_ms, reply.verify_ms)
+        reply.t_edge_arrival, reply.t_edge_reply = t.t_arrival, time.time()
         return reply
 
     def _session(self, ident: bytes, secret: str) -> Session:
@@ -237,14 +335,13 @@ class EdgeServer:
         if len(self.sessions) >= self.limits.max_sessions:
             raise WireError("too_many_sessions", f"the edge serves at most {self.limits.max_sessions} devices")
         try:
-            policy = None if protocol.edge_only else protocol.edge_policy(
-                h.temperature, self.head_dir, self.lambda_ms, pair={"target": self.identity, "drafter": None},
-                oracle=self.oracle)
-            width = drafter_hidden_width(policy)
+            side = protocol.edge(EdgeSetup(h.temperature, self.head_dir, self.lambda_ms,
+                                           pair={"target": self.identity, "drafter": None}, oracle=self.oracle))
+            width = drafter_hidden_width(side.policy)
             wire_width = hidden_wire_width(width, h.hidden_wire_width)
         except (ValueError, FileNotFoundError) as e:
             raise WireError("bad_request", str(e)) from None
-        s = Session(self._next_sid, h, protocol, Verifier(self.target), policy, secret=secrets.token_hex(16),
+        s = Session(self._next_sid, h, protocol, Verifier(self.target), side, secret=secrets.token_hex(16),
                     ident=ident, drafter_width=width, wire_width=wire_width)
         s.generator.manual_seed((h.seed + 7) % (1 << 64))  # any int64 seed a peer sends is valid
         self._next_sid += 1
@@ -269,19 +366,12 @@ class EdgeServer:
         if not prompt or any(not 0 <= t < vocab for t in prompt):
             raise WireError("bad_request", "prompt must be non-empty token ids within the vocabulary")
 
-    def _start(self, s: Session, m: Start) -> list[bytes]:
+    def _start(self, s: Session, m: Start) -> Message:
         self._check_prompt(m.prompt, m.max_new_tokens)
-        if s.protocol.edge_only:
-            t0 = time.perf_counter()
-            out = autoregressive_generate(s.verifier.lm, m.prompt, m.max_new_tokens, self.eos)
-            return encode(Result(m.request_id, out, (time.perf_counter() - t0) * 1000.0))
-        s.verifier.reset()
         try:
-            s.policy.start_request(m.request_id, m.prompt, m.max_new_tokens)
+            return s.side.start(self, s, m)  # the protocol's: open the request, or serve it whole
         except ValueError as e:  # e.g. the oracle knows no such problem
             raise WireError("bad_request", str(e)) from None
-        s.request = Request(m.request_id, list(m.prompt), len(m.prompt), m.max_new_tokens)
-        return encode(StartAck(m.request_id))
 
     def _check_round(self, s: Session, request_id: str, rnd: int) -> Request:
         r = s.request
@@ -291,9 +381,9 @@ class EdgeServer:
             raise WireError("out_of_order", f"round {rnd} while round {r.round} is expected")
         return r
 
-    def _draft(self, s: Session, m: Draft, env: Envelope) -> list[bytes]:
-        if s.protocol.edge_only:
-            raise WireError("bad_request", f"{s.protocol.name} takes no drafts: the target decodes alone")
+    def _draft(self, s: Session, m: Draft, env: Envelope) -> Message:
+        if s.policy is None:
+            raise WireError("bad_request", f"{s.protocol.name} takes no drafts: it has nothing to verify them with")
         r = self._check_round(s, m.request_id, m.round)
         if r.pending is not None:
             raise WireError("out_of_order", "hidden states for the previous draft are still awaited")
@@ -314,7 +404,7 @@ class EdgeServer:
                                  drafter_hidden=torch.as_tensor(hidden) if hidden is not None else None,
                                  csi=csi, temperature=s.hello.temperature, generator=s.generator)
         if r.pending.request_rows:  # mismatch-first: ask for the mismatched positions only
-            return encode(HiddenRequest(m.request_id, m.round, r.pending.request_rows))
+            return HiddenRequest(m.request_id, m.round, r.pending.request_rows)
         return self._verdict(s, r)
 
     @staticmethod
@@ -327,7 +417,7 @@ class EdgeServer:
             return None
         return env.array(name, shape)
 
-    def _hidden(self, s: Session, m: HiddenUpload, env: Envelope) -> list[bytes]:
+    def _hidden(self, s: Session, m: HiddenUpload, env: Envelope) -> Message:
         r = self._check_round(s, m.request_id, m.round)
         if r.pending is None or not r.pending.request_rows:
             raise WireError("out_of_order", "no hidden states were requested")
@@ -344,7 +434,7 @@ class EdgeServer:
             raise WireError("bad_request", str(e)) from None
         return self._verdict(s, r)
 
-    def _verdict(self, s: Session, r: Request) -> list[bytes]:
+    def _verdict(self, s: Session, r: Request) -> Verdict:
         out, r.pending = r.pending, None
         v = out.decision
         # simulated (no socket): the profile's time exactly; real: measured, padded up to it
@@ -356,14 +446,15 @@ class EdgeServer:
         s.verifier.commit(len(r.seq))
         produced = len(r.seq) - r.prompt_len
         done = (self.eos is not None and self.eos in new) or produced >= r.max_new_tokens
-        reply = Verdict(r.request_id, r.round, v.n_accepted, v.next_token, v.n_exact,
-                        -1 if v.first_mismatch is None else v.first_mismatch, v.n_harmless,
-                        verify_ms, done, pad_ms)
+        reply = Verdict(request_id=r.request_id, round=r.round, accepted=v.accepted, next_token=v.next_token,
+                        accepted_exact=v.accepted_exact,
+                        first_mismatch=-1 if v.first_mismatch is None else v.first_mismatch, harmless=v.harmless,
+                        verify_ms=verify_ms, done=done, pad_ms=pad_ms)
         r.round += 1
         self.stats["rounds"] += 1
         if done:
             s.request = None
-        return encode(reply)
+        return reply
 
 
 def drafter_hidden_width(policy: VerificationPolicy | None) -> int | None:

@@ -129,5 +129,5 @@ class OracleAcceptance(VerificationPolicy):
         n = n_exact
         while n < ctx.gamma and (match[n] or self.oracle.is_harmless(self.request_id, ctx.committed + draft[:n + 1])):
             n += 1
-        return Decision(n, int(greedy[n]), n_exact, first, sum(not m for m in match[:n]),
-                        extra={"lookahead_ms": (time.perf_counter() - t0) * 1000.0})
+        return Decision(accepted=n, next_token=int(greedy[n]), accepted_exact=n_exact, first_mismatch=first,
+                        harmless=sum(not m for m in match[:n]), extra={"lookahead_ms": (time.perf_counter() - t0) * 1000.0})

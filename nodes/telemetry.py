@@ -14,11 +14,23 @@ from channel_models.csi import CSI, CSI_LOG_COLUMNS
 
 @dataclass
 class RoundLog:
-    """One interaction round as the device saw it.
+    """One interaction round as the device saw it, joined with what the edge reported of it.
 
-    Bytes are application bytes (all frames of every message of the round); ``link_ms`` is the
-    round's wall time minus draft, verify and edge policy time; ``t_start``/``t_end`` are wall
-    clock (epoch s; virtual seconds in simulation); ``csi`` is the channel report sent with the draft."""
+    The decision columns carry the names they have from the edge's policy
+    (:class:`nodes.decoding.policies.Decision`) through the wire
+    (:class:`nodes.wire.Verdict`) to this line: ``accepted``, ``accepted_exact``,
+    ``first_mismatch`` (−1: none), ``harmless``, ``next_token``. ``gamma`` is the draft length
+    the device asked this round (its protocol's choice; 0: the edge decoded alone), ``drafted``
+    what the drafter produced (fewer at an EOS). Bytes are application bytes (all frames of
+    every message of the round). Times in ms: ``draft_ms`` on the device; ``verify_ms`` the
+    edge's compute (forward + policy, profile padding included); ``edge_queue_ms`` the time the
+    round's messages waited at the edge between their arrival at its socket and the start of
+    their handling; ``edge_ms`` their whole stay at the edge (arrival to reply: queue, compute,
+    decoding); ``link_ms`` = ``wall_ms`` − ``draft_ms`` − ``edge_ms``: link time only.
+    ``t_start``/``t_end`` are the device's wall clock and ``t_edge_arrival``/``t_edge_reply``
+    the edge's (epoch s; virtual seconds in simulation; 0: not reported). ``end_reason``: '' on
+    a round that did not end its request, else why the request ended (``eos``, ``budget``:
+    ``max_new_tokens`` reached). ``csi`` is the channel report sent with the draft."""
 
     run_id: str
     protocol: str
@@ -47,6 +59,13 @@ class RoundLog:
     wire_up_bytes: int = -1     # on-wire (L2) bytes the device's interface sent in the round; -1: not counted
     wire_down_bytes: int = -1   # on-wire (L2) bytes it received
     upload: str = ""            # hidden states sent: "all", "mismatch" (on request) or "" (none)
+    gamma: int = 0              # draft length asked this round (tokens)
+    hidden_rows: int = 0        # drafter hidden rows uploaded this round
+    end_reason: str = ""        # '' (the request goes on), 'eos', 'budget', …
+    edge_queue_ms: float = 0.0  # waited at the edge before handling
+    edge_ms: float = 0.0        # at the edge in all: arrival to reply
+    t_edge_arrival: float = 0.0  # the round's first message reached the edge (its clock, epoch s)
+    t_edge_reply: float = 0.0    # the edge handed the round's last reply to its socket
 
     @classmethod
     def columns(cls) -> list[str]:

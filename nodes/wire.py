@@ -45,10 +45,13 @@ class WireError(ValueError):
 
 @dataclass
 class Message:
-    """Base of all messages; ``TYPE`` is the wire name, ``ARRAYS`` the array-valued fields."""
+    """Base of all messages; ``TYPE`` is the wire name, ``ARRAYS`` the array-valued fields,
+    ``SPARSE`` the fields left out of the header while at their default (a message that does
+    not use them is byte for byte what it was before they existed)."""
 
     TYPE: ClassVar[str] = ""
     ARRAYS: ClassVar[tuple[str, ...]] = ()
+    SPARSE: ClassVar[tuple[str, ...]] = ()
 
 
 @dataclass
@@ -140,30 +143,49 @@ class HiddenUpload(Message):
 
 @dataclass
 class Verdict(Message):
-    """Edge → device: ``n_accepted`` draft tokens stand, then ``next_token``; ``done`` when the
-    request ended (EOS or length)."""
+    """Edge → device: ``accepted`` draft tokens stand, then ``next_token``; ``accepted_exact``
+    (the exact-match prefix), ``first_mismatch`` (−1: none) and ``harmless`` as the policy's
+    :class:`~nodes.decoding.policies.Decision` names them; ``done`` when the request ended (EOS
+    or length). Times in ms: ``verify_ms`` the round's compute (``pad_ms`` of it added by a
+    compute profile); ``edge_queue_ms`` and ``edge_ms`` the round's messages' wait before
+    handling and whole stay at the edge, summed over the round's exchanges (0: an edge that
+    does not report them); ``t_edge_arrival``/``t_edge_reply`` the edge's wall clock (epoch s)
+    when the round's first message arrived and its verdict left (0: not reported). The four
+    edge times travel only when set."""
 
     TYPE: ClassVar[str] = "verdict"
+    SPARSE: ClassVar[tuple[str, ...]] = ("edge_queue_ms", "edge_ms", "t_edge_arrival", "t_edge_reply")
     request_id: str
     round: int
-    n_accepted: int
+    accepted: int
     next_token: int
-    n_exact: int
+    accepted_exact: int
     first_mismatch: int
-    n_harmless: int
+    harmless: int
     verify_ms: float
     done: bool = False
     pad_ms: float = 0.0  # part of verify_ms that a compute profile added
+    edge_queue_ms: float = 0.0
+    edge_ms: float = 0.0
+    t_edge_arrival: float = 0.0
+    t_edge_reply: float = 0.0
 
 
 @dataclass
 class Result(Message):
-    """Edge → device: the whole output of an ``ar-edge`` request."""
+    """Edge → device: the whole output of an edge-alone (``ar-edge``) request; times as in
+    :class:`Verdict`."""
 
     TYPE: ClassVar[str] = "result"
+    SPARSE: ClassVar[tuple[str, ...]] = ("pad_ms", "edge_queue_ms", "edge_ms", "t_edge_arrival", "t_edge_reply")
     request_id: str
     tokens: list[int]
     verify_ms: float
+    pad_ms: float = 0.0
+    edge_queue_ms: float = 0.0
+    edge_ms: float = 0.0
+    t_edge_arrival: float = 0.0
+    t_edge_reply: float = 0.0
 
 
 @dataclass
@@ -268,7 +290,7 @@ def encode(msg: Message, array_dtypes: dict[str, str] | None = None) -> list[byt
             dt = (array_dtypes or {}).get(f.name, "f16" if f.name == "hidden" else "f32")
             specs.append({"n": f.name, "d": dt, "s": list(arr.shape)})
             frames.append(wire_dtype(dt).encode(arr))
-        else:
+        elif f.name not in msg.SPARSE or v != f.default:
             fields[f.name] = v
     header = msgpack.packb({"v": WIRE_VERSION, "t": msg.TYPE, "f": fields, "a": specs}, use_bin_type=True)
     return [header, *frames]

@@ -9,7 +9,8 @@
         df = tb.rounds()                                   # every round so far, as a DataFrame
 
 Each ``run_protocol`` restarts the trace at its beginning when the device process starts, so
-protocols see the same channel; the device reports the trace step in force as its CSI. Every
+protocols see the same channel; the device reports the step its link applied as its CSI
+(the replayer publishes it, :mod:`traces.link_state`). Every
 setting of a protocol run is one :class:`nodes.config.RunConfig`, written beside the logs and
 handed to the node processes as ``--config``; after each protocol the run directory holds the
 same Parquet tables as an experiment's, so ``wisv report RUN_DIR`` reads it.
@@ -35,7 +36,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from nodes.config import ModelConfig, RunConfig, TaskConfig
+from nodes.config import RunConfig
+from runs.devices import DeviceSetup, device_tag, resolve_devices
 from runs.summary import ProtocolSummary, summarise
 from runs.tables import write_run_tables
 from topologies.capture import CaptureSettings, start_capture, stop_capture
@@ -44,6 +46,7 @@ from topologies.replayer import ReplayOptions, TraceReplayer
 from topologies.shapers import QueueLimit
 from topologies.topo import DeviceEdge, Topology
 from traces.format import read_trace
+from traces.link_state import link_state_path
 
 REPO = Path(__file__).resolve().parent.parent
 EDGE_PORT = 5555
@@ -92,7 +95,11 @@ class Testbed:
 
     def attach_trace(self, path: str | Path | list) -> None:
         """Use this trace for every device link, or one trace per device (a list); the first
-        rows are applied now."""
+        rows are applied now. Each device needs its own up and down link (``net.links``); links
+        several devices share (``net.shared_links``) are not driven from here."""
+        if any(set(pair) != {"up", "down"} for pair in self.net.links):
+            raise ValueError(f"{self.topo.kind}: not every device has its own up and down link; attach_trace drives "
+                             "those only (drive net.shared_links with a TraceReplayer)")
         paths = [Path(p) for p in path] if isinstance(path, (list, tuple)) else [Path(path)] * len(self.net.links)
         if len(paths) != len(self.net.links):
             raise ValueError(f"{len(paths)} traces for {len(self.net.links)} devices")
@@ -102,7 +109,8 @@ class Testbed:
 
     def _replayer(self, loop_to_ms: float) -> TraceReplayer:
         return TraceReplayer(self.net.links, [read_trace(p) for p in self.trace_paths],
-                             ReplayOptions(loop_to_ms=loop_to_ms or None))
+                             ReplayOptions(loop_to_ms=loop_to_ms or None),
+                             publish=[link_state_path(self.run_dir, k) for k in range(len(self.trace_paths))])
 
     def start_edge(self, drafter: str | None = None, target: str | None = None, lambda_ms: float | None = None) -> None:
         """Start the edge process (target model, heads, edge compute profile of the testbed's
@@ -122,11 +130,17 @@ class Testbed:
         if not self.edge.stdout.readline().decode().startswith("ready"):
             raise RunFailed(f"the edge did not start{_exit_and_cause(self.edge, edge_log)}")
 
+    def devices(self, cfg: RunConfig) -> list[DeviceSetup[Path]]:
+        """The devices a protocol run with ``cfg`` starts (:func:`runs.devices.resolve_devices`,
+        as the simulator resolves them): device k runs ``cfg.for_device(k)`` over its trace."""
+        return resolve_devices(cfg, self.trace_paths)
+
     def protocol_config(self, protocol: str, problems: int | None = None, gamma: int | None = None,
                         split: str | None = None, max_new_tokens: int | None = None) -> RunConfig:
         """The testbed's config for ``protocol``, with the given settings changed."""
         c, t = self.config, self.config.task
-        task = TaskConfig(split or t.split, problems or t.problems, t.start_index, max_new_tokens or t.max_new_tokens)
+        task = replace(t, split=split or t.split, problems=problems or t.problems,
+                       max_new_tokens=max_new_tokens or t.max_new_tokens)  # kind, file, chat_template kept
         return replace(c, protocol=protocol, gamma=gamma or c.gamma, task=task)
 
     def run_protocol(self, protocol: str, problems: int | None = None, gamma: int | None = None,
@@ -141,9 +155,11 @@ class Testbed:
         cfg = config or self.protocol_config(protocol, problems, gamma, split, max_new_tokens)
         protocol = cfg.protocol
         rd = self.run_dir
-        cfg_path = cfg.write(rd / f"config-{protocol}.json")
+        cfg.write(rd / f"config-{protocol}.json")
         n = len(self.net.devices)
-        tag = (lambda k: protocol) if n == 1 else (lambda k: f"{protocol}-d{k}")
+        devices = self.devices(cfg)
+        tag = lambda k: device_tag(protocol, k, n)  # noqa: E731
+        cfg_paths = [d.config.write(rd / f"config-{tag(k)}.json") for k, d in enumerate(devices)]  # device k's own
         dev_logs = [rd / f"device-{tag(k)}.log" for k in range(n)]
         replayer = self._replayer(timeout_s * 1000.0)
         replayer.apply_first()  # hello and the first request already see the trace's first step, not the last
@@ -157,8 +173,9 @@ class Testbed:
                 dev = self.net.popen(
                     host,
                     [sys.executable, "-m", "wisv.cli", "node", "device", "--connect", f"tcp://{EDGE_IP}:{EDGE_PORT}",
-                     "--threads", "1", "--config", str(cfg_path), "--device-index", str(k),
-                     "--log", str(rd / f"rounds-{tag(k)}.jsonl"), "--trace", str(self.trace_paths[k]), "--wait-go",
+                     "--threads", "1", "--config", str(cfg_paths[k]),
+                     "--log", str(rd / f"rounds-{tag(k)}.jsonl"), "--link-state", str(link_state_path(rd, k)),
+                     "--wait-go",
                      "--json-out", str(rd / f"requests-{tag(k)}.json"), "--count-iface", host.intfList()[0].name],
                     f"device {k}", dev_logs[k], watch=False,
                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=errs[-1], cwd=str(REPO))

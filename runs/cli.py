@@ -149,14 +149,19 @@ def cmd_head_eval(a: argparse.Namespace) -> int:
 
 
 def _simulation_args(p: argparse.ArgumentParser, protocols: list[str], problems: int) -> None:
+    """The options of a simulated run; defaults from :class:`nodes.config.RunConfig` (``problems``:
+    this command's own)."""
     from nodes.cli import add_task_args
+    from nodes.config import RunConfig, TaskConfig, field_default
 
     p.add_argument("--trace", help="trace file (default: the shipped pedestrian trace)")
     p.add_argument("--protocols", default=",".join(protocols), help="comma-separated protocols")
     p.add_argument("--problems", type=int, default=problems, help="test problems per protocol")
-    p.add_argument("--gamma", type=int, default=4, help="draft tokens per round")
-    p.add_argument("--seed", type=int, default=0, help="seed of the link's loss draws and of sampling")
-    p.add_argument("--max-new-tokens", type=int, default=128, help="longest answer, tokens")
+    p.add_argument("--gamma", type=int, default=field_default(RunConfig, "gamma"), help="draft tokens per round")
+    p.add_argument("--seed", type=int, default=field_default(RunConfig, "seed"),
+                   help="seed of the link's loss draws and of sampling")
+    p.add_argument("--max-new-tokens", type=int, default=field_default(TaskConfig, "max_new_tokens"),
+                   help="longest answer, tokens")
     p.add_argument("--lambda-ms", type=float, help="the heads' price of an accuracy-changing acceptance, ms")
     p.add_argument("--head-dir", help="folder with head-full/head-target.safetensors (default: the shipped heads)")
     p.add_argument("--drafter", help="drafter model folder (default: the shipped pair)")
@@ -167,10 +172,11 @@ def _simulation_args(p: argparse.ArgumentParser, protocols: list[str], problems:
 def register_simulate(sub: argparse._SubParsersAction, head_commands: argparse._SubParsersAction) -> None:
     """Add ``wisv simulate`` (protocols over an analytic, trace-driven link; no root) and
     ``wisv head eval`` (the same, reporting JSON)."""
+    from nodes.config import TaskConfig, field_default
     from nodes.protocols import PROTOCOLS
 
     p = sub.add_parser("simulate", help="run protocols with the link modelled from a trace (no root)")
-    _simulation_args(p, ["ar-edge", "vanilla", *PROTOCOLS.with_head()], 20)
+    _simulation_args(p, ["ar-edge", "vanilla", *PROTOCOLS.with_head()], field_default(TaskConfig, "problems"))
     p.add_argument("-o", "--output", default="runs/out", help="parent of the new run directory (sim-<date>-<time>-<id>)")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
     p.set_defaults(func=cmd_simulate)

@@ -10,10 +10,11 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from nodes.config import RunConfig
+from nodes.config import RunConfig, field_default
 from runs.api import RunFailed, Testbed  # noqa: F401  (RunFailed is part of this module's interface)
 from runs.summary import ProtocolSummary
 from topologies.capture import CaptureSettings
+from topologies.shapers import BACKEND_CHOICES, QueueLimit
 from topologies.topo import DeviceEdge, Topology
 
 
@@ -21,26 +22,20 @@ from topologies.topo import DeviceEdge, Topology
 class EmulationSetup:
     """Where the protocols run: the topology, the shaping backend, the queue bound of each
     shaped link (packets), the trace (or one trace per device), a time limit per protocol, and
-    the packet capture (None: as the run directory's ``spec.json`` says, else off)."""
+    the packet capture (off by default; an experiment passes its spec's ``capture`` section)."""
 
     trace: Path
     topology: Topology = field(default_factory=DeviceEdge)
-    backend: str = "auto"
-    queue_packets: int = 1000
+    backend: str = BACKEND_CHOICES[0]  # auto
+    queue_packets: int = field_default(QueueLimit, "packets")
     device_traces: list[Path] | None = None
     timeout_s: float = 900.0
     progress: bool = False
-    capture: CaptureSettings | None = None
+    capture: CaptureSettings = field(default_factory=CaptureSettings)
 
 
 def _write(path: Path, obj) -> None:
     path.write_text(json.dumps(obj, indent=2) + "\n")
-
-
-def _spec_capture(run_dir: Path) -> CaptureSettings:
-    """The ``capture:`` section of the resolved spec saved in ``run_dir`` (off when there is none)."""
-    spec = run_dir / "spec.json"
-    return CaptureSettings.from_spec(json.loads(spec.read_text()).get("capture") if spec.exists() else None)
 
 
 def run_emulated(cfg: RunConfig, protocols: list[str], setup: EmulationSetup, run_dir: Path,
@@ -51,9 +46,8 @@ def run_emulated(cfg: RunConfig, protocols: list[str], setup: EmulationSetup, ru
     run_dir.mkdir(parents=True, exist_ok=True)
     out: dict[str, ProtocolSummary] = {}
     status = {"run_id": cfg.run_id, "status": "running", "protocols": {}}
-    capture = setup.capture or _spec_capture(run_dir)
     with Testbed(setup.topology, backend=setup.backend, seed=cfg.seed, run_dir=run_dir,
-                 queue_packets=setup.queue_packets, progress=setup.progress, config=cfg, capture=capture) as tb:
+                 queue_packets=setup.queue_packets, progress=setup.progress, config=cfg, capture=setup.capture) as tb:
         try:
             tb.attach_trace(list(setup.device_traces) if setup.device_traces else setup.trace)
             tb.start_edge()

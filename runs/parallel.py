@@ -1,7 +1,7 @@
 """Runs of an experiment in parallel: ``wisv run SPEC --jobs N`` on this machine, ``--ray
 ADDRESS`` (or ``auto``) on an existing Ray cluster. We schedule nothing ourselves: every job
-(one repetition of one run, :class:`runs.experiment.Job`) is one Ray task running
-:func:`runs.experiment.execute_job`, the function a sequential run calls.
+(one repetition of one run, :class:`runs.job.Job`) is one Ray task running
+:func:`runs.job.execute_job`, the function a sequential run calls.
 
 * **Where a task may run.** A simulated job asks for one CPU. An emulated job asks for the
   custom resource :data:`EMULATION_RESOURCE` (and no CPU): only nodes started with
@@ -36,7 +36,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
 
-from runs.experiment import Job, execute_job
+from runs.job import Job, execute_job
 
 log = logging.getLogger(__name__)
 EMULATION_RESOURCE = "wisv_emulation"

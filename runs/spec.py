@@ -75,8 +75,14 @@ class RunSpec:
         return CaptureSettings.from_spec(self.values["capture"])
 
     def topology(self) -> Topology:
-        """The emulated topology of this run."""
-        return topology_from_spec(self.values["topology"])
+        """The emulated topology of this run (the network; each device's trace: :meth:`device_traces`)."""
+        return topology_from_spec({k: v for k, v in self.values["topology"].items() if k != "device_traces"})
+
+    def device_traces(self) -> "DeviceTraces":
+        """How each device's trace is chosen (spec key ``topology.device_traces``), paths resolved."""
+        d = self.values["topology"]["device_traces"] or {}
+        files = d.get("files") or []
+        return DeviceTraces(tuple(resolve_path(f, self.source) for f in files), bool(d.get("rotate")))
 
     def run_config(self, rep: int, run_id: str) -> RunConfig:
         """The one run configuration of repetition ``rep`` (protocol: the first compared; each
@@ -124,6 +130,25 @@ class RunSpec:
         if self.values["trace"]["generate"] is not None or self.repetitions < 2:
             return 0.0
         return duration_ms * rep / self.repetitions
+
+
+@dataclass(frozen=True)
+class DeviceTraces:
+    """Each device's trace: ``files`` (one per device, in order), or ``rotate`` (the run's trace,
+    device ``k`` of ``n`` starting :meth:`offset_ms` into it); neither: the run's trace for all."""
+
+    files: tuple[Path, ...] = ()
+    rotate: bool = False
+
+    @property
+    def per_device(self) -> bool:
+        """True when devices do not all replay the run's trace from its start."""
+        return bool(self.files) or self.rotate
+
+    @staticmethod
+    def offset_ms(k: int, n: int, duration_ms: float) -> float:
+        """Where device ``k`` of ``n`` starts a rotated trace of ``duration_ms``: k/n of it, in ms."""
+        return duration_ms * k / n
 
 
 def resolve_path(p: str, source: str) -> Path:
@@ -180,6 +205,8 @@ def _errors(e: ValidationError, source: str) -> SpecError:
 def _validate(raw: dict, source: str, where: str | None = None) -> dict:
     """The spec's values, validated; paths resolve against ``source``, errors name ``where``."""
     where = where or source
+    if "device_traces" in raw:  # the key before per-device traces moved into the topology
+        raise SpecError(f"{where}: device_traces is now topology.device_traces: {{files: [...]}} (or {{rotate: true}})")
     try:
         values = Spec.model_validate(raw).model_dump()
     except ValidationError as e:
@@ -193,9 +220,9 @@ def _validate(raw: dict, source: str, where: str | None = None) -> dict:
     task_file = values["task"]["file"]
     if task_file is not None and not resolve_path(task_file, source).is_file():
         raise SpecError(f"{where}: task.file {task_file!r} not found")
-    for f in values["device_traces"] or []:
+    for f in (values["topology"]["device_traces"] or {}).get("files") or []:
         if not resolve_path(f, source).exists():
-            raise SpecError(f"{where}: device_traces entry {f!r} not found")
+            raise SpecError(f"{where}: topology.device_traces.files entry {f!r} not found")
     return values
 
 

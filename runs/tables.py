@@ -5,7 +5,9 @@ A run directory holds, per protocol (and per device when there are several: ``<p
 run config they ran under) and, emulated, ``link-steps-*.csv``. ``rounds.parquet``,
 ``requests.parquet`` and ``link_steps.parquet`` are those rows with the columns ``run``,
 ``rep``, ``mode``, ``gamma`` and ``lambda_ms`` added, and one column per swept spec key
-(named by the dotted key, e.g. ``trace.generate.up.mean_snr_db``; README: output schema).
+(named by the dotted key, e.g. ``trace.generate.up.mean_snr_db``; README: output schema). A
+round's own ``gamma`` (the draft length its protocol asked that round) stays: the run's
+configured γ is the ``gamma`` of its requests.
 
 A round's ``csi_*`` columns are the report sampled at its start; ``csi_worst_*`` columns add the
 worst link in force at any time during the round (lowest rate, longest delay, most loss, as
@@ -24,7 +26,6 @@ import re
 import time
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 
 TABLES = ("rounds", "requests", "link_steps")
@@ -69,77 +70,63 @@ def _device_index(device_id: str) -> int:
     return int(m.group(1)) if m else 0
 
 
-def _worst_in_windows(times_s: np.ndarray, values: np.ndarray, t0_s: np.ndarray, t1_s: np.ndarray,
-                      take_max: bool) -> np.ndarray:
-    """Per window [t0, t1]: the worst (max or min) of ``values`` in force at any time in it —
-    the step in force at t0 (the first one before any) and every step that starts up to t1.
-    ``times_s`` sorted ascending."""
-    first = np.maximum(np.searchsorted(times_s, t0_s, side="right") - 1, 0)
-    stop = np.maximum(np.searchsorted(times_s, t1_s, side="right"), first + 1)
-    reduce = np.max if take_max else np.min
-    return np.array([reduce(values[a:b]) for a, b in zip(first, stop)], dtype=float)
-
-
 def worst_csi_columns(rounds: pd.DataFrame, steps: pd.DataFrame, time_col: str,
                       period_s: float | None = None) -> pd.DataFrame:
     """:data:`WORST_CSI` columns for ``rounds`` (one device's) from ``steps``: the link values
     with the time each came into force (``time_col``, on the clock of the rounds'
     ``t_start``/``t_end``, seconds). With ``period_s`` the steps repeat (a looping trace on a
     virtual clock): the windows are folded into one period."""
-    steps = steps.sort_values(time_col)
-    times = steps[time_col].to_numpy(dtype=float)
-    t0, t1 = rounds["t_start"].to_numpy(dtype=float), rounds["t_end"].to_numpy(dtype=float)
-    wrap = np.zeros(len(rounds), dtype=bool)
-    if period_s:
-        whole = (t1 - t0) >= period_s
-        t0, t1 = np.mod(t0, period_s), np.mod(t1, period_s)
-        wrap = ~whole & (t1 < t0)  # the window runs past the period's end: [t0, P) and [0, t1]
-        t0, t1 = np.where(whole, times[0], t0), np.where(whole, np.inf, t1)
+    from traces.schedule import LinkSchedule
+
+    return worst_csi_from_schedule(rounds, LinkSchedule.from_steps(steps, time_col, 1000.0,
+                                                                   period_s * 1000.0 if period_s else None))
+
+
+def worst_csi_from_schedule(rounds: pd.DataFrame, schedule) -> pd.DataFrame:
+    """:data:`WORST_CSI` columns for ``rounds`` (one device's) from the link's
+    :class:`traces.schedule.LinkSchedule`, whose ms are the rounds' ``t_start``/``t_end`` seconds
+    × 1000 (a looping schedule folds the windows into its period)."""
+    t0, t1 = rounds["t_start"].to_numpy(dtype=float) * 1000.0, rounds["t_end"].to_numpy(dtype=float) * 1000.0
     out = {}
     for col, (src, scale, take_max) in WORST_CSI.items():
-        v = steps[src].to_numpy(dtype=float) * scale
-        w = _worst_in_windows(times, v, t0, np.where(wrap, np.inf, t1), take_max)
-        if wrap.any():
-            head = _worst_in_windows(times, v, np.full(len(t0), times[0]), t1, take_max)
-            w = np.where(wrap, (np.maximum if take_max else np.minimum)(w, head), w)
-        out[col] = w
+        out[col] = schedule.worst_in_windows(src, t0, t1, take_max) * scale
     return pd.DataFrame(out, index=rounds.index)
 
 
 def _with_worst_csi(df: pd.DataFrame, rd: Path, mode: str, steps_by_protocol: dict[str, pd.DataFrame]) -> pd.DataFrame:
     """``df`` (rounds) with the :data:`WORST_CSI` columns where the link is known: the applied
-    link steps (emulated), or the run's trace (simulated); unchanged otherwise."""
+    link steps (emulated, on the wall clock), or the run's trace (simulated, on the virtual
+    clock, looping); unchanged otherwise."""
+    from traces.schedule import LinkSchedule
+
     if not len(df) or not {"t_start", "t_end", "protocol", "device_id"} <= set(df.columns):
         return df
     parts = []
     for (protocol, device), g in df.groupby(["protocol", "device_id"], sort=False):
         k = _device_index(device)
-        steps, time_col, period = None, "applied_epoch_s", None
+        schedule = None
         if mode == "emulate":
             s = steps_by_protocol.get(protocol)
             if s is not None and "applied_epoch_s" in s.columns:
-                steps = s[s["device"] == k] if "device" in s.columns else s
+                schedule = LinkSchedule.from_steps(s[s["device"] == k] if "device" in s.columns else s)
         else:
-            steps, period = _trace_steps(rd, k)
-            time_col = "t_s"
-        if steps is not None and len(steps):
-            g = g.join(worst_csi_columns(g, steps, time_col, period))
+            trace = _simulated_trace(rd, k)
+            schedule = LinkSchedule.from_trace(trace) if trace is not None else None
+        if schedule is not None:
+            g = g.join(worst_csi_from_schedule(g, schedule))
         parts.append(g)
     return pd.concat(parts).loc[df.index]
 
 
-def _trace_steps(rd: Path, k: int) -> tuple[pd.DataFrame | None, float | None]:
+def _simulated_trace(rd: Path, k: int):
     """The trace a simulated run replayed for device ``k`` (``trace-d<k>.parquet`` or
-    ``trace.parquet``) as steps on the virtual clock (``t_s``), and its period in s."""
+    ``trace.parquet``), or None."""
     from traces.format import read_trace
 
     for name in (f"trace-d{k}.parquet", "trace.parquet"):
         if (rd / name).exists():
-            t = read_trace(rd / name)
-            d = t.data.copy()
-            d["t_s"] = (d["t_ms"] - d["t_ms"].iloc[0]) / 1000.0
-            return d, (t.duration_ms / 1000.0) or None
-    return None, None
+            return read_trace(rd / name)
+    return None
 
 
 def run_dir_frames(rd: Path, run: str, rep: int, mode: str) -> dict[str, list[pd.DataFrame]]:
@@ -172,7 +159,8 @@ def run_dir_frames(rd: Path, run: str, rep: int, mode: str) -> dict[str, list[pd
                 df = _with_worst_csi(df, rd, mode, steps)
             except Exception:  # noqa: BLE001 - extra columns must never lose the rounds
                 log.warning("%s: no csi_worst_* columns", f, exc_info=True)
-            out["rounds"].append(df.assign(**tags.get(suffix, {"run": run, "rep": rep, "mode": mode})))
+            tag = tags.get(suffix, {"run": run, "rep": rep, "mode": mode})
+            out["rounds"].append(df.assign(**{k: v for k, v in tag.items() if k not in df}))  # a round's gamma stays
     return out
 
 

@@ -93,11 +93,20 @@ def test_nodes_import_neither_topologies_nor_runs():
     assert {k: v for k, v in bad.items() if v} == {}
 
 
+def test_procs_is_the_bottom_package():
+    """procs/ (process lifetimes, interface counters) imports nothing of the project; nodes/ and
+    topologies/ both take those utilities from there."""
+    project = {"channel_models", "traces", "nodes", "topologies", "runs", "wisv", "benchmarks", "procs"}
+    bad = {str(p.relative_to(REPO)): sorted(_imports(p) & project - {"procs"}) for p in (REPO / "procs").rglob("*.py")}
+    assert {k: v for k, v in bad.items() if v} == {}
+    assert not (REPO / "nodes" / "lifecycle.py").exists() and not (REPO / "nodes" / "netdev.py").exists()
+
+
 def test_protocol_names_live_in_the_registry_only():
     """Outside tests, benchmarks and examples, one file names wisv-selective: the registry."""
     files = [p for p in REPO.rglob("*.py") if ".venv" not in p.parts and p.parts[len(REPO.parts)] not in
              ("tests", "benchmarks", "examples") and "wisv-selective" in p.read_text()]
-    assert [str(p.relative_to(REPO)) for p in files] == ["nodes/protocols.py"]
+    assert [str(p.relative_to(REPO)) for p in files] == ["nodes/protocols/__init__.py"]
 
 
 def _subcommands(parser, prefix=()):
@@ -110,10 +119,12 @@ def _subcommands(parser, prefix=()):
                 yield from _subcommands(sub, prefix + (name,))
 
 
-def test_every_command_has_working_help():
+def test_every_command_has_working_help(capsys):
+    """Every option has a help text, and `wisv <command …> --help` works for every command path
+    (the README's and docs/' commands are checked against these paths in tests/test_readme.py)."""
     import argparse
 
-    from wisv.cli import build_parser
+    from wisv.cli import build_parser, main
 
     commands = list(_subcommands(build_parser()))
     undocumented = []
@@ -124,6 +135,9 @@ def test_every_command_has_working_help():
         undocumented += [(cmd, a.dest) for a in parser._actions
                          if not a.help and not isinstance(a, (argparse._HelpAction, argparse._SubParsersAction))]
         assert "usage:" in parser.format_help()  # renders (an unescaped % once crashed wisv --help)
+        with pytest.raises(SystemExit) as e:  # and through the entry point, as `wisv … --help`
+            main([*cmd, "--help"])
+        assert e.value.code == 0 and "usage: wisv" in capsys.readouterr().out, cmd
     assert undocumented == [] and len(commands) > 15
     for flag in ("--help", "-h", "--version"):  # and the real entry point, as a user types it
         r = subprocess.run([sys.executable, "-m", "wisv.cli", flag], capture_output=True, text=True, cwd=str(REPO),

@@ -115,13 +115,13 @@ def test_relaxed_policies_accept_near_misses():
     logits = [[3.0, 2.9, -5.0, -5.0]] * 4
     draft = [0, 1, 2, 0]
     exact = ExactMatch().verify(_ctx(draft, logits))
-    assert (exact.n_accepted, exact.next_token, exact.first_mismatch) == (1, 0, 1)
+    assert (exact.accepted, exact.next_token, exact.first_mismatch) == (1, 0, 1)
     top2 = TopKAcceptance(k=2).verify(_ctx(draft, logits))
-    assert (top2.n_accepted, top2.n_exact, top2.n_harmless, top2.next_token) == (2, 1, 1, 0)
+    assert (top2.accepted, top2.accepted_exact, top2.harmless, top2.next_token) == (2, 1, 1, 0)
     typ = TypicalAcceptance().verify(_ctx(draft, logits))
-    assert typ.n_accepted == 2 and typ.n_harmless == 1
+    assert typ.accepted == 2 and typ.harmless == 1
     all_ok = TopKAcceptance(k=2).verify(_ctx([0, 1, 0], logits))
-    assert all_ok.n_accepted == 3 and all_ok.next_token == 0  # bonus from row γ
+    assert all_ok.accepted == 3 and all_ok.next_token == 0  # bonus from row γ
 
 
 # ---------------------------------------------------------------- the shipped default pair

@@ -221,7 +221,7 @@ def test_a_peer_with_the_victims_identity_cannot_read_advance_reset_or_close_its
     other = _hello(edge, victim)  # a hello from the same identity opens another session
     assert other != secret and edge.sessions[secret].request.round == 1
     again = _send(edge, victim, Draft("r", 0, draft, secret=secret))  # the victim's own retry still works
-    assert isinstance(again, Verdict) and (again.n_accepted, again.next_token) == (verdict.n_accepted, verdict.next_token)
+    assert isinstance(again, Verdict) and (again.accepted, again.next_token) == (verdict.accepted, verdict.next_token)
     assert isinstance(_send(edge, victim, Draft("r", 1, [5], secret=secret)), Verdict)
     assert _send(edge, victim, Bye(secret)) is None and secret not in edge.sessions
     assert _code(_send(edge, b"someone-else", Draft("r", 0, draft))) == "no_session"

@@ -39,6 +39,11 @@ REPO = Path(__file__).resolve().parent.parent
      "task.problems: [1, 2, 3, 4, 5, 6, 7, 8, 9, 10], repetitions: [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11]}}\n",
      "expands to 11000 runs"),
     ("- a\n- b\n", "mapping"),
+    ("topology: {kind: star, n_devices: 3, device_traces: {files: [traces/builtin/pedestrian_3p5ghz_60s.csv]}}\n",
+     "device_traces lists 1 files for 3 devices"),
+    ("topology: {kind: star, device_traces: {files: [a.csv, b.csv], rotate: true}}\n", "either files or rotate"),
+    ("topology: {kind: star, n_devices: 2, device_traces: {files: [a.csv, b.csv]}}\n", "device_traces.files entry 'a.csv' not found"),
+    ("device_traces: [a.csv]\n", "now topology.device_traces"),
 ])
 def test_spec_errors_name_file_and_key(tmp_path, text, message):
     p = tmp_path / "bad.yaml"
@@ -104,3 +109,35 @@ def test_run_cli_simulated_and_report_json(tmp_path):
     r = subprocess.run([sys.executable, "-m", "wisv.cli", "run", str(bad), "--simulate"], capture_output=True,
                        text=True, cwd=str(REPO), timeout=60)
     assert r.returncode == 2 and "gamma must be int" in r.stderr
+
+
+def test_device_traces_from_the_spec_rotated_or_one_file_each(tmp_path):
+    """``topology.device_traces``: one trace rotated per device (device k starts k/N into the
+    run's trace), or each device its own file; the network's topology is unchanged by either."""
+    from runs.job import prepared_traces, replay_options
+    from traces.format import read_trace, write_trace
+    from traces.synthetic import step_trace
+
+    trace = write_trace(step_trace(100.0, 3.0, rates_bps=[1e6, 2e6, 3e6], delays_ms=[10.0], seed=0), tmp_path / "t.parquet")
+    rows = read_trace(trace).data
+    run = load_spec(None, {"trace": {"file": str(trace)},
+                           "topology": {"kind": "star", "n_devices": 3, "device_traces": {"rotate": True}}})[0]
+    assert run.topology().n_devices == 3 and run.device_traces().rotate
+    files = prepared_traces(run, 0, tmp_path, replay_options(run))
+    assert [f.name for f in files] == ["trace-d0.parquet", "trace-d1.parquet", "trace-d2.parquet"]
+    for k, f in enumerate(files):
+        t = read_trace(f)
+        assert t.duration_ms == pytest.approx(3000.0)
+        first = rows[rows["t_ms"] <= 1000.0 * k].iloc[-1]  # the row in force k/3 of the way in
+        assert t.data["rate_bps_up"].iloc[0] == first["rate_bps_up"]
+    assert not read_trace(files[0]).data["rate_bps_up"].equals(read_trace(files[1]).data["rate_bps_up"])
+
+    other = write_trace(step_trace(100.0, 1.0, rates_bps=[7e6], delays_ms=[5.0]), tmp_path / "o.parquet")
+    run = load_spec(None, {"topology": {"kind": "star", "n_devices": 2,
+                                        "device_traces": {"files": [str(trace), str(other)]}}})[0]
+    (tmp_path / "own").mkdir()
+    files = prepared_traces(run, 0, tmp_path / "own", replay_options(run))
+    assert read_trace(files[1]).data["rate_bps_up"].tolist() == [7e6] * 10
+    (tmp_path / "shared").mkdir()
+    run = load_spec(None, {"trace": {"file": str(trace)}, "topology": {"kind": "star", "n_devices": 2}})[0]
+    assert [f.name for f in prepared_traces(run, 0, tmp_path / "shared", replay_options(run))] == ["trace.parquet"] * 2

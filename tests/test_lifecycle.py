@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from nodes.lifecycle import ORPHANED_EXIT, PARENT_ENV, die_with_orchestrator, is_same_process, start_ticks
+from procs.lifecycle import ORPHANED_EXIT, PARENT_ENV, die_with_orchestrator, is_same_process, start_ticks
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -44,7 +44,7 @@ def _orchestrator(child_argv: list[str], prefix: bool, env: bool) -> subprocess.
     script = textwrap.dedent(f"""
         import subprocess, sys, time
         sys.path.insert(0, {str(REPO)!r})
-        from nodes.lifecycle import child_environment, pdeathsig_prefix
+        from procs.lifecycle import child_environment, pdeathsig_prefix
         argv = [*pdeathsig_prefix(), *{child_argv!r}] if {prefix!r} else {child_argv!r}
         p = subprocess.Popen(argv, env=child_environment() if {env!r} else None)
         print(p.pid, flush=True)
@@ -54,7 +54,7 @@ def _orchestrator(child_argv: list[str], prefix: bool, env: bool) -> subprocess.
 
 
 @pytest.mark.parametrize("child", [["sleep", "60"], [sys.executable, "-c", "import sys; sys.path.insert(0, %r); "
-                                                     "from nodes.lifecycle import die_with_orchestrator as d; d(); "
+                                                     "from procs.lifecycle import die_with_orchestrator as d; d(); "
                                                      "import time; time.sleep(60)" % str(REPO)]],
                          ids=["binary", "python-node"])
 @pytest.mark.parametrize("owned", [True, False])
@@ -62,7 +62,7 @@ def test_a_child_dies_with_its_killed_orchestrator(child, owned):
     """An owned child of a SIGKILLed orchestrator dies at once — a binary through setpriv, a
     Python node by arming it itself; a plain one is orphaned (what a killed `wisv run` used to
     leave)."""
-    from nodes.lifecycle import pdeathsig_prefix
+    from procs.lifecycle import pdeathsig_prefix
 
     binary = child[0] == "sleep"
     if owned and binary and not pdeathsig_prefix():
@@ -84,7 +84,7 @@ def test_a_node_arms_it_itself_and_exits_if_the_orchestrator_is_gone():
     node exit at once (the window between fork and the node's own start)."""
     env = {}
     assert die_with_orchestrator(env) is False
-    code = ("import sys; sys.path.insert(0, %r); from nodes.lifecycle import die_with_orchestrator; "
+    code = ("import sys; sys.path.insert(0, %r); from procs.lifecycle import die_with_orchestrator; "
             "print(die_with_orchestrator(), flush=True)" % str(REPO))
     ok = subprocess.run([sys.executable, "-c", code], env={**os.environ, PARENT_ENV: str(os.getpid())},
                         capture_output=True, text=True)

@@ -33,7 +33,7 @@ def test_every_message_round_trips():
     for m in msgs:
         back = decode(encode(m))
         assert type(back) is type(m)
-        for f in ("tokens", "prompt", "positions", "csi", "n_accepted", "done", "code"):
+        for f in ("tokens", "prompt", "positions", "csi", "accepted", "done", "code"):
             if hasattr(m, f):
                 assert getattr(back, f) == getattr(m, f)
     d = decode(encode(msgs[3]))

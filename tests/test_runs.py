@@ -86,6 +86,9 @@ def test_emulated_run_of_two_protocols(tmp_path):
         assert len(rounds) == res[p].rounds
         # every round crossed the emulated link: at least both one-way delays of 15 ms
         assert all(r["link_ms"] >= 29.0 for r in rounds), min(r["link_ms"] for r in rounds)
+        # the edge's own times joined with the device's (one clock for every Mininet host)
+        assert all(r["edge_ms"] >= r["verify_ms"] and r["t_start"] <= r["t_edge_arrival"] <= r["t_edge_reply"] <= r["t_end"]
+                   for r in rounds)
         assert all(r["csi_rtt_ms"] == 30.0 and r["csi_rate_up_mbps"] in (5.0, 20.0) for r in rounds)
         assert (run / f"link-steps-{p}.csv").exists()
     # nothing of the run is left behind
@@ -296,9 +299,10 @@ def test_star_experiment_two_devices_with_cross_traffic(tmp_path):
 
     write_trace(step_trace(100.0, 10.0, [2e6], [40.0], [0.0]), other)
     runs = load_spec(None, {"name": "star", "protocols": ["vanilla", "wisv-full"], "task": {"problems": 2},
-                            "device_traces": ["traces/builtin/pedestrian_3p5ghz_60s.csv", str(other)],
                             "topology": {"kind": "star", "n_devices": 2, "cross_traffic_bps": 2e6,
-                                         "backhaul_rate_bps": 100e6}})
+                                         "backhaul_rate_bps": 100e6,
+                                         "device_traces": {"files": ["traces/builtin/pedestrian_3p5ghz_60s.csv",
+                                                                     str(other)]}}})
     res = run_experiment(runs, tmp_path, "emulate", progress=False)
     s = res["star"][0]
     assert s["vanilla"]["problems"] == 4 and s["vanilla"]["failed"] == 0  # 2 devices x 2 problems
@@ -309,3 +313,18 @@ def test_star_experiment_two_devices_with_cross_traffic(tmp_path):
     assert rounds.groupby("protocol")["device_id"].agg(set).map(sorted).tolist() == [["dev0", "dev1"]] * 2
     assert set(pd.read_parquet(tmp_path / "requests.parquet")["protocol"]) == {"vanilla", "wisv-full"}
     assert (rounds["csi_rtt_ms"] == 80.0).any() and (rounds["csi_rtt_ms"] < 80.0).any()  # each device its own trace
+
+
+def test_the_spec_s_capture_reaches_the_emulation(tmp_path):
+    """The spec's ``capture`` section is handed to the emulation as a value (no longer read back
+    from spec.json): an experiment with capture on writes the pcaps of its device link."""
+    from runs.experiment import run_experiment
+    from runs.spec import load_spec
+
+    runs = load_spec(None, {"name": "cap", "protocols": ["vanilla"], "task": {"problems": 1, "max_new_tokens": 16},
+                            "capture": {"enabled": True, "snaplen_bytes": 128}})
+    run_experiment(runs, tmp_path, "emulate", progress=False)
+    rd = tmp_path / "cap" / "rep0"
+    manifest = json.loads((rd / "pcap" / "capture.json").read_text())
+    assert manifest["captures"] and list((rd / "pcap").glob("*.pcap"))
+    assert {c["snaplen_bytes"] for c in manifest["captures"]} == {128}  # the spec's own setting

@@ -84,7 +84,7 @@ def test_simulate_cli(tmp_path):
 
 
 def test_upload_chooser_follows_the_channel():
-    from nodes.device import UploadChooser
+    from nodes.protocols.adaptive import UploadChooser
 
     c = UploadChooser(bytes_per_row=4096)  # a 2048-wide fp16 hidden state
     fast = CSI(rate_up_mbps=100.0, delay_up_ms=20.0, delay_down_ms=20.0)

@@ -140,6 +140,7 @@ def test_two_networks_at_once_do_not_collide(support, tmp_path):
 
 def test_star_with_two_devices_and_cross_traffic(support, tmp_path):
     from topologies.net import EmulatedNetwork
+    from topologies.shapers import FixedRateShaper
     from topologies.topo import CrossTraffic, Star
 
     with EmulatedNetwork(Star(n_devices=2, cross_traffic=CrossTraffic(2e6), backhaul_rate_bps=50e6),
@@ -162,6 +163,15 @@ def test_star_with_two_devices_and_cross_traffic(support, tmp_path):
         assert net.links[0]["up"].counters()["rx_bytes"] - base >= 100_000
         bridge = f"ap{net.tag}"
         assert subprocess.run(["ip", "link", "show", bridge], capture_output=True).returncode == 0
+        # The backhaul is a declared shaped link like the device links, installed by the same code:
+        # its HTB class on the AP's port towards the edge (root namespace), at the declared rate.
+        backhaul = net.shapers["backhaul.up"]
+        assert isinstance(backhaul, FixedRateShaper) and backhaul.sender.ifname.startswith(bridge)
+        shown = subprocess.run(["tc", "class", "show", "dev", backhaul.sender.ifname], capture_output=True,
+                               text=True).stdout
+        assert "rate 50Mbit" in shown, shown
+        assert [net.shapers[f"d{k}.{d}"].seed for k in range(2) for d in ("up", "down")] == [0, 1, 2, 3]
+        assert net.links[1]["down"] is net.shapers["d1.down"] and net.links[1]["down"].match_dst == "10.0.0.2"
     assert subprocess.run(["ip", "link", "show", bridge], capture_output=True).returncode != 0
 
 
@@ -292,3 +302,54 @@ def test_timekeepers_get_real_time_priority_or_say_why_not():
     assert isinstance(seen["granted"], bool)
     assert (seen["policy"] == os.SCHED_FIFO) == seen["granted"]
     assert os.sched_getscheduler(0) != os.SCHED_FIFO  # only the calling thread, never the whole test process
+
+
+@pytest.mark.parametrize("backend", ["netem", "nfqueue"])
+def test_a_topology_declared_in_a_test_with_a_link_two_devices_share(support, backend, tmp_path):
+    """A new topology is one ``declare``: here two devices behind an access point whose traffic
+    crosses one shared uplink (AP → edge) and one shared downlink (edge → AP), both driven by
+    one shared trace, as a cell's would be. The network builds it with no change and the
+    replayer drives the shared pair like a device's own. The NFQUEUE backend, which delays at
+    the receiving host, refuses a link received by the access point (a switch) instead of
+    leaving it undelayed."""
+    if not support.available(backend):
+        pytest.skip(f"{backend} backend not available on this kernel: {support.reasons.get(backend)}")
+    from dataclasses import dataclass
+
+    from topologies.net import EmulatedNetwork
+    from topologies.replayer import TraceReplayer
+    from topologies.topo import (EDGE_IP, HostDecl, Layout, LinkDecl, Port, SharedTrace, ShapedLink, SwitchDecl,
+                                 Topology, device_ip, link_seed)
+
+    @dataclass(frozen=True)
+    class SharedPair(Topology):
+        kind = "shared-pair"
+        n_devices: int = 2
+
+        def declare(self, seed: int = 0) -> Layout:
+            devs = tuple(HostDecl(f"d{k}", "device", device_ip(k), k) for k in range(self.n_devices))
+            every = tuple(range(self.n_devices))
+            return Layout((HostDecl("e", "edge", EDGE_IP), *devs), (SwitchDecl("ap"),),
+                          (*(LinkDecl(d.name, "ap") for d in devs), LinkDecl("e", "ap")),
+                          (ShapedLink("cell.up", "up", Port("ap", "e"), Port("e", "ap"), SharedTrace("cell"),
+                                      link_seed(seed, 0), 0, every, shared=True),
+                           ShapedLink("cell.down", "down", Port("e", "ap"), Port("ap", "e"), SharedTrace("cell"),
+                                      link_seed(seed, 1), 1, every, shared=True)))
+
+    if backend == "nfqueue":
+        with pytest.raises(ValueError, match="cell.down: the nfqueue backend delays packets at the receiving host"):
+            EmulatedNetwork(SharedPair(), backend=backend, run_dir=tmp_path)
+        return
+    trace = step_trace(100.0, 1.0, rates_bps=[3e6], delays_ms=[20.0])
+    with EmulatedNetwork(SharedPair(), backend=backend, run_dir=tmp_path, seed=2) as net:
+        assert net.links == [{}, {}] and set(net.shared_links["cell"]) == {"up", "down"}
+        assert net.shapers["cell.down"].seed == 2001
+        TraceReplayer([net.shared_links["cell"]], [trace]).apply_first()
+        port = net.shared_links["cell"]["up"].sender.ifname
+        deadline = time.monotonic() + 5.0  # the tc batch applies asynchronously
+        while "rate 3Mbit" not in (shown := subprocess.run(["tc", "class", "show", "dev", port], capture_output=True,
+                                                           text=True).stdout) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert "rate 3Mbit" in shown, shown
+        rtt = zmq_rtts_ms(net, tmp_path / "rtt.npy", count=5)  # device 0 through both shared directions
+        assert float(np.median(rtt)) >= 40.0, rtt

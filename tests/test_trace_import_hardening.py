@@ -88,9 +88,18 @@ def test_negative_rates_are_refused_not_clamped(tmp_path):
 
 
 def test_rates_are_still_floored_after_validation(tmp_path):
-    p = write(tmp_path, "t.log", "0 5.0\n0.5 0\n1.0 2\n")
+    """Slow rates are raised to the smallest link rate; rate 0 (an outage) stays 0 unless the
+    import floors outages too (then the metadata says so)."""
+    p = write(tmp_path, "t.log", "0 5.0\n0.5 0.004\n1.0 0\n1.5 2\n")
     t = import_trace(p)
-    assert list(t.data["rate_bps_down"]) == [5e6, 8000.0, 2e6] and t.meta["rows_at_rate_floor"] == 2
+    assert list(t.data["rate_bps_down"]) == [5e6, 8000.0, 0.0, 2e6]
+    assert (t.meta["outages"], t.meta["rows_at_rate_floor"], t.meta["outage_rows"]) == ("kept", 2, 2)
+    f = import_trace(p, ImportOptions(floor_outages=True))
+    assert list(f.data["rate_bps_down"]) == [5e6, 8000.0, 8000.0, 2e6]
+    assert (f.meta["outages"], f.meta["rows_at_rate_floor"], f.meta["outage_rows"]) == ("floored", 4, 0)
+    streamed = import_to_file(p, tmp_path / "s.parquet")  # the streamed import keeps them the same way
+    assert list(read_trace(tmp_path / "s.parquet").data["rate_bps_down"]) == [5e6, 8000.0, 0.0, 2e6]
+    assert (streamed["outages"], streamed["outage_rows"]) == ("kept", 2)
 
 
 # ---------------------------------------------------------------- 15: BOM, headers, truncated rows

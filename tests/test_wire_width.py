@@ -73,10 +73,10 @@ def test_upload_chooser_prices_the_wire_width(pair):
     for dtype in ("f16", "f32", "i8"):
         wide = DeviceClient(pair.drafter, RunConfig(protocol="wisv-adaptive", hidden_dtype=dtype, hidden_wire_width=WIDE),
                             pair.eos_token_id, transport=None)
-        assert wide.chooser.bytes_per_row == array_nbytes((1, WIDE), dtype)
+        assert wide.side.chooser.bytes_per_row == array_nbytes((1, WIDE), dtype)  # the protocol's device side
         own = DeviceClient(pair.drafter, RunConfig(protocol="wisv-adaptive", hidden_dtype=dtype), pair.eos_token_id,
                            transport=None)
-        assert own.chooser.bytes_per_row == array_nbytes((1, int(pair.drafter.config.hidden_size)), dtype)
+        assert own.side.chooser.bytes_per_row == array_nbytes((1, int(pair.drafter.config.hidden_size)), dtype)
 
 
 def test_narrower_than_the_drafter_is_refused(pair, tmp_path):
@@ -129,7 +129,7 @@ def test_edge_checks_the_padded_shape_and_drops_zero_padding(pair):
 
 
 def test_upload_chooser_prices_the_losses_of_the_extra_segments():
-    from nodes.device import UploadChooser, upload_costs_ms
+    from nodes.protocols.adaptive import UploadChooser, upload_costs_ms
 
     c = UploadChooser(bytes_per_row=4096)  # a 2048-wide f16 row
     clean = CSI(rate_up_mbps=20.0, delay_up_ms=10.0, delay_down_ms=10.0)
@@ -142,7 +142,7 @@ def test_upload_chooser_prices_the_losses_of_the_extra_segments():
 
 
 def test_upload_chooser_expects_fewer_mismatches_in_shorter_drafts():
-    from nodes.device import UploadChooser
+    from nodes.protocols.adaptive import UploadChooser
 
     c = UploadChooser(bytes_per_row=4096)
     for first in [2, -1, 0, 3, -1, 1] * 10:  # 4-token rounds: 4 of 6 have a mismatch

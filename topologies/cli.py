@@ -1,4 +1,5 @@
-"""``wisv link …``: check an emulated link against its trace; clean up after killed runs."""
+"""``wisv link …``: check an emulated link against its trace; show what a topology declares;
+clean up after killed runs."""
 from __future__ import annotations
 
 import argparse
@@ -7,6 +8,7 @@ import sys
 from pathlib import Path
 
 from topologies.shapers import BACKEND_CHOICES
+from topologies.topo import TOPOLOGIES
 
 
 def cmd_check(a: argparse.Namespace) -> int:
@@ -32,6 +34,32 @@ def cmd_check(a: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_layout(a: argparse.Namespace) -> int:
+    from dataclasses import asdict
+
+    from topologies.topo import topology_from_spec
+
+    topo = topology_from_spec({"kind": a.kind, "n_devices": a.n_devices, "backhaul_rate_bps": a.backhaul_rate_bps,
+                               "cross_traffic_bps": a.cross_traffic_bps})
+    lay = topo.declare(a.seed)
+    if a.json:
+        sys.stdout.write(json.dumps(asdict(lay), default=str) + "\n")
+        return 0
+    w = sys.stdout.write
+    w(f"{topo.kind}: hosts {', '.join(f'{h.name} ({h.role} {h.ip})' for h in lay.hosts)}\n")
+    if lay.switches:
+        w(f"  switches {', '.join(s.name for s in lay.switches)}\n")
+    w(f"  links {', '.join(f'{ln.a}-{ln.b}' for ln in lay.links)}\n")
+    for s in lay.shaped:
+        match = (f" to {s.match_dst}" if s.match_dst else "") + (f" from {s.match_src}" if s.match_src else "")
+        w(f"  {s.name:<12} {s.egress.node}->{s.egress.peer} .. {s.ingress.node}<-{s.ingress.peer}  {s.source}  "
+          f"seed {s.seed}  devices {list(s.devices)}{' shared' if s.shared else ''}{match}\n")
+    if lay.cross_traffic is not None:
+        w(f"  cross traffic {lay.cross_traffic.rate_bps:g} bit/s ({lay.cross_traffic.tool}) from "
+          f"{lay.cross.name} to {lay.edge.name}\n")
+    return 0
+
+
 def cmd_cleanup(a: argparse.Namespace) -> int:
     from topologies.net import cleanup_stale
 
@@ -54,5 +82,14 @@ def register(sub: argparse._SubParsersAction) -> None:
     c.add_argument("--run-dir", help="where probe logs go (default: a temporary directory)")
     c.add_argument("--json", action="store_true", help="print one JSON object")
     c.set_defaults(func=cmd_check)
+    t = ls.add_parser("layout", help="print what a topology declares: hosts, links, shaped links with their "
+                                     "traces, seeds and matches (builds nothing)")
+    t.add_argument("--kind", choices=list(TOPOLOGIES), default="device-edge", help="topology (spec topology.kind)")
+    t.add_argument("--n-devices", type=int, help="devices (star)")
+    t.add_argument("--backhaul-rate-bps", type=float, help="shaped AP -> edge port, bit/s (star)")
+    t.add_argument("--cross-traffic-bps", type=float, help="UDP cross traffic to the edge, bit/s (star)")
+    t.add_argument("--seed", type=int, default=0, help="the run's seed (links' loss seeds derive from it)")
+    t.add_argument("--json", action="store_true", help="print one JSON object")
+    t.set_defaults(func=cmd_layout)
     k = ls.add_parser("cleanup", help="remove what killed runs left behind (only their own entries)")
     k.set_defaults(func=cmd_cleanup)

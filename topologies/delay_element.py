@@ -8,7 +8,7 @@ way. Control is a line protocol on standard input (the orchestrator lives in ano
 namespace, so no socket is needed): ``<delay_ms> <loss>`` applies atomically to packets arriving
 after it; ``stats`` answers one JSON line of counters on standard output. A malformed line is
 ignored (the link keeps its state). The element exits when its standard input closes, and is
-killed by the kernel when the orchestrator that started it dies (``nodes.lifecycle``), so a killed
+killed by the kernel when the orchestrator that started it dies (``procs.lifecycle``), so a killed
 run leaves no holder of the namespace behind. It runs with real-time priority where the host
 allows it (:mod:`topologies.realtime`).
 
@@ -26,7 +26,7 @@ import socket
 import sys
 import time
 
-from nodes.lifecycle import die_with_orchestrator
+from procs.lifecycle import die_with_orchestrator
 from topologies.realtime import make_realtime
 
 

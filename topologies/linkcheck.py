@@ -21,12 +21,13 @@ from pathlib import Path
 
 import numpy as np
 
-from topologies.net import EDGE_IP, EmulatedNetwork, device_ip
+from topologies.net import EmulatedNetwork
 from topologies.probe_traffic import UDP_IP_ETH_BYTES
 from topologies.replayer import ReplayOptions, StepLog, TraceReplayer
 from topologies.shapers import QueueLimit
 from topologies.topo import DeviceEdge
 from traces.format import Trace
+from traces.schedule import row_in_force
 
 log = logging.getLogger(__name__)
 REPO = Path(__file__).resolve().parent.parent
@@ -55,8 +56,7 @@ class CheckPlan:
 
 def _in_force(steps: dict[str, np.ndarray], t: np.ndarray, col: str) -> np.ndarray:
     """Value of ``col`` in force at monotonic seconds ``t`` (from the applied-step log)."""
-    idx = np.searchsorted(steps["applied_s"], t, side="right") - 1
-    return steps[col][np.clip(idx, 0, None)]
+    return steps[col][np.clip(row_in_force(steps["applied_s"], t), 0, None)]
 
 
 def _steps(log_: StepLog) -> dict[str, np.ndarray]:
@@ -126,7 +126,7 @@ def run_link_check(trace: Trace, backend: str = "auto", duration_s: float = 10.0
         net.links[0]["down"].set(first["rate_bps_down"], first["delay_ms_down"], first["loss_down"])
         replayer = TraceReplayer(net.links, [trace], ReplayOptions(loop_to_ms=duration_s * 1000.0))
         out = net.run_dir
-        ends = {"up": (dev, edge, EDGE_IP), "down": (edge, dev, device_ip(0))}
+        ends = {"up": (dev, edge, net.layout.edge.ip), "down": (edge, dev, net.layout.devices[0].ip)}
         # Highest rate each bulk phase will meet (the trace is looped to the duration).
         max_rate = {d: float(replayer.traces[0].data[f"rate_bps_{d}"].max()) for d in ends}
         # Every receiver and sender starts armed (no schedule yet) and says ready; the schedule is

@@ -1,11 +1,14 @@
-"""Build a topology as a Mininet network with shaped links, and tear it down — always.
+"""Build a declared topology (:class:`topologies.topo.Layout`) as a Mininet network with shaped
+links, and tear it down — always.
 
 Mininet runs with ``controller=None`` (no Open vSwitch needed); hosts are linked directly
-(``DeviceEdge``) or through a ``LinuxBridge`` access point (``Star``). Node names carry a random
+(``DeviceEdge``) or through a ``LinuxBridge`` access point (``Star``). Every declared
+:class:`topologies.topo.ShapedLink` — a device's own link or a shared one such as a backhaul — is
+installed by the same code (:meth:`EmulatedNetwork._install_shapers`). Node names carry a random
 per-run tag, so two runs at once do not collide. Everything a run creates is listed in a
 registry file (``/run/wisv/net-<tag>.json``): interfaces in the root namespace, each host's shell
 and network namespace, and every process the network started (pid, start time, role). Those
-processes die with the run (``nodes.lifecycle``); a later run, or ``wisv link cleanup``, removes
+processes die with the run (``procs.lifecycle``); a later run, or ``wisv link cleanup``, removes
 whatever a killed run still left behind (only its own entries: never ``mn -c``).
 """
 from __future__ import annotations
@@ -22,12 +25,12 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
-from nodes.lifecycle import (child_environment, is_same_process, net_namespace, pdeathsig_prefix, pids_in_namespaces,
+from procs.lifecycle import (child_environment, is_same_process, net_namespace, pdeathsig_prefix, pids_in_namespaces,
                              start_ticks)
 from topologies.probe import probe_backends, stale_probe_namespaces
-from topologies.shapers import BACKENDS, LinkEnd, LinkShaper, QueueLimit, install_shared_root
+from topologies.shapers import BACKENDS, FixedRateShaper, LinkEnd, LinkShaper, QueueLimit, install_shared_root
 from topologies.tcbatch import TcBatch
-from topologies.topo import EDGE_IP, DeviceEdge, Topology, device_ip
+from topologies.topo import EDGE_IP, DeviceEdge, FixedRate, Layout, Port, ShapedLink, Topology, device_ip, node_name
 
 log = logging.getLogger(__name__)
 REGISTRY_DIR = Path(os.environ.get("WISV_REGISTRY_DIR", "/run/wisv"))
@@ -253,11 +256,14 @@ def cleanup_stale(registry_dir: Path | None = None) -> list[str]:
 
 
 class EmulatedNetwork:
-    """A running emulated topology: ``devices`` (Mininet hosts), ``edge``, and per device
-    ``links[k]['up'|'down']`` (:class:`LinkShaper`). Use as a context manager.
+    """A running emulated topology: ``devices`` (Mininet hosts), ``edge``, ``shapers`` (every
+    declared shaped link by name: :class:`LinkShaper`), per device its own links
+    ``links[k]['up'|'down']`` (what :class:`topologies.replayer.TraceReplayer` drives with the
+    device's trace), and ``shared_links[name]['up'|'down']`` for links a shared trace drives.
+    ``layout`` is what was declared (``topo.declare(seed)``). Use as a context manager.
 
     Every process it starts — tc batches, delay elements, cross traffic, and what callers start
-    through :meth:`popen` (the edge, the devices) — dies with this process (``nodes.lifecycle``),
+    through :meth:`popen` (the edge, the devices) — dies with this process (``procs.lifecycle``),
     is registered by pid and start time in the registry file, and is watched
     (:meth:`check_processes`)."""
 
@@ -265,7 +271,13 @@ class EmulatedNetwork:
                  queue: QueueLimit = QueueLimit(), seed: int = 0, run_dir: Path | None = None,
                  initial: tuple[float, float, float] = (10e6, 10.0, 0.0)):
         self.topo, self.queue, self.seed, self.initial = topo, queue, seed, initial
+        self.layout: Layout = topo.declare(seed)
         self.backend = probe_backends().choose(backend)
+        switches = {sw.name for sw in self.layout.switches}
+        for decl in self.layout.shaped:
+            if self._shaper_class(decl).delays_at_receiver and decl.ingress.node in switches:
+                raise ValueError(f"shaped link {decl.name}: the {self.backend} backend delays packets at the receiving "
+                                 f"host, and {decl.ingress.node} is a switch (bridged packets skip iptables); use netem")
         self.tag = uuid.uuid4().hex[:4]
         self.run_dir = Path(run_dir or tempfile.mkdtemp(prefix=f"wisv-net-{self.tag}-"))
         self.run_dir.mkdir(parents=True, exist_ok=True)
@@ -274,6 +286,10 @@ class EmulatedNetwork:
         self.edge = None
         self.cross = None
         self.links: list[dict[str, LinkShaper]] = []
+        self.shared_links: dict[str, dict[str, LinkShaper]] = {}
+        self.shapers: dict[str, LinkShaper] = {}
+        self.nodes: dict = {}  # declared name -> Mininet node
+        self._ifnames: dict[Port, str] = {}
         self._batches: dict[str, TcBatch] = {}
         self._registry = REGISTRY_DIR / f"net-{self.tag}.json"
         self._root_ifaces: list[str] = []
@@ -299,9 +315,7 @@ class EmulatedNetwork:
         setLogLevel("error")
         cleanup_stale()
         self.net = Mininet(topo=None, build=False, controller=None, autoSetMacs=False, waitConnected=False)
-        built = self.topo.build(self.net, self.tag)
-        self.edge, self.devices, self.cross = built.edge, built.devices, built.cross
-        self._root_ifaces += built.root_ifaces
+        self._add_nodes_and_links()
         self._write_registry()
         self.net.build()
         self.net.start()
@@ -319,8 +333,7 @@ class EmulatedNetwork:
                     subprocess.run(["ethtool", "-K", intf.name, "tso", "off", "gso", "off", "gro", "off"],
                                    capture_output=True)
         self._install_shapers()
-        self.topo.shape_backhaul(self.net, built, self.queue.tc_leaf())
-        if self.topo.cross_traffic is not None:
+        if self.layout.cross_traffic is not None:
             self._start_cross_traffic()
         log.info("network %s up: %s, backend %s, run dir %s", self.tag, self.topo.kind, self.backend, self.run_dir)
         return self
@@ -370,33 +383,62 @@ class EmulatedNetwork:
             self._batches[host.name] = TcBatch(_OwnedHost(self, host, f"tc batch of {host.name}", path), path)
         return self._batches[host.name]
 
+    def _add_nodes_and_links(self) -> None:
+        """Add the layout's hosts, switches (Linux bridges in the root namespace, registered for
+        cleanup) and links to the Mininet network; note each link end's interface name."""
+        from mininet.node import Host
+        from mininet.nodelib import LinuxBridge
+
+        lay = self.layout
+        for h in lay.hosts:
+            self.nodes[h.name] = self.net.addHost(node_name(h.name, self.tag), cls=Host, ip=f"{h.ip}/24")
+        for sw in lay.switches:
+            self.nodes[sw.name] = self.net.addSwitch(node_name(sw.name, self.tag), cls=LinuxBridge, stp=False)
+            self._root_ifaces.append(node_name(sw.name, self.tag))
+        for ln in lay.links:
+            link = self.net.addLink(self.nodes[ln.a], self.nodes[ln.b])
+            self._ifnames[Port(ln.a, ln.b)] = link.intf1.name
+            self._ifnames[Port(ln.b, ln.a)] = link.intf2.name
+        self.edge = self.nodes[lay.edge.name]
+        self.devices = [self.nodes[d.name] for d in lay.devices]
+        self.cross = self.nodes[lay.cross.name] if lay.cross is not None else None
+
+    def _end(self, port: Port) -> LinkEnd:
+        return LinkEnd(self.nodes[port.node], self._ifnames[port])
+
+    def _shaper_class(self, decl: ShapedLink) -> type[LinkShaper]:
+        """The chosen backend; a fixed-rate link (no delay, no loss) needs only its HTB class."""
+        return FixedRateShaper if isinstance(decl.source, FixedRate) else BACKENDS[self.backend]
+
     def _install_shapers(self) -> None:
-        cls = BACKENDS[self.backend]
-        edge_if = self.edge.intfList()[0].name
-        shared = self.topo.shared_edge_egress
-        if shared:  # one root HTB on the edge's shared egress; a class per device, by destination
-            install_shared_root(self.edge, edge_if)
-        for k, dev in enumerate(self.devices):
-            dev_if = dev.intfList()[0].name
-            up = cls(LinkEnd(dev, dev_if), LinkEnd(self.edge, edge_if), self._batch(dev), self.queue,
-                     seed=self.seed * 1000 + 2 * k, log_dir=self.run_dir,
-                     match_src=device_ip(k) if shared else None, index=2 * k, spawn=self.popen)
-            down = cls(LinkEnd(self.edge, edge_if), LinkEnd(dev, dev_if), self._batch(self.edge), self.queue,
-                       seed=self.seed * 1000 + 2 * k + 1, log_dir=self.run_dir,
-                       match_dst=device_ip(k) if shared else None, index=2 * k + 1, spawn=self.popen)
-            up.setup(*self.initial)
-            down.setup(*self.initial)
-            self.links.append({"up": up, "down": down})
+        """Install every declared shaped link the same way: a shared egress gets its root HTB
+        first, then each link its class, leaf and (NFQUEUE backend) delay element, with the
+        declared seed and matches, starting at ``initial`` (a fixed-rate link: its rate)."""
+        for port in self.layout.shared_egresses():
+            install_shared_root(self.nodes[port.node], self._ifnames[port])
+        for decl in self.layout.shaped:
+            fixed = isinstance(decl.source, FixedRate)  # never changed: no tc batch
+            batch = None if fixed else self._batch(self.nodes[decl.egress.node])
+            shaper = self._shaper_class(decl)(
+                self._end(decl.egress), self._end(decl.ingress), batch, self.queue, seed=decl.seed,
+                log_dir=self.run_dir, match_src=decl.match_src, match_dst=decl.match_dst, index=decl.index,
+                spawn=self.popen)
+            self.shapers[decl.name] = shaper
+            shaper.setup(*((decl.source.rate_bps, 0.0, 0.0) if fixed else self.initial))
+        self.links = [{d: self.shapers[s.name] for d, s in self.layout.device_links(k).items()}
+                      for k in range(len(self.devices))]
+        self.shared_links = {name: {d: self.shapers[s.name] for d, s in by_dir.items()}
+                             for name, by_dir in self.layout.shared_traces().items()}
 
     def _start_cross_traffic(self) -> None:
         """UDP from the cross-traffic host to the edge at the configured rate, until stop()."""
-        ct = self.topo.cross_traffic
+        ct = self.layout.cross_traffic
         repo = str(Path(__file__).resolve().parent.parent)
         quiet = {"stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL}
         if ct.tool == "iperf3":
             self.popen(self.edge, ["iperf3", "-s", "-p", "5201"], "cross-traffic sink (iperf3)", **quiet)
             time.sleep(0.2)
-            self.popen(self.cross, ["iperf3", "-c", EDGE_IP, "-p", "5201", "-u", "-b", str(int(ct.rate_bps)), "-t",
+            self.popen(self.cross, ["iperf3", "-c", self.layout.edge.ip, "-p", "5201", "-u", "-b", str(int(ct.rate_bps)), "-t",
                                     "86400"], "cross-traffic source (iperf3)", **quiet)
             return
         far = time.monotonic() + 86400
@@ -404,7 +446,7 @@ class EmulatedNetwork:
                                       f"{far}", "--out", str(self.run_dir / "cross-traffic.npy")],
                           "cross-traffic sink", stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, cwd=repo)
         sink.stdout.readline()
-        self.popen(self.cross, [sys.executable, "-m", "topologies.probe_traffic", "send", "--dst", EDGE_IP, "--port",
+        self.popen(self.cross, [sys.executable, "-m", "topologies.probe_traffic", "send", "--dst", self.layout.edge.ip, "--port",
                                 "5900", "--rate-bps", f"{ct.rate_bps}", "--size", "1200", "--start-at",
                                 f"{time.monotonic()}", "--duration", "86400"], "cross-traffic source", cwd=repo, **quiet)
 
@@ -434,13 +476,12 @@ class EmulatedNetwork:
         errors = []
         for o in self._owned:  # processes stop without failing the run from here on
             o.watch = False
-        for pair in self.links:
-            for shaper in pair.values():
-                try:
-                    shaper.teardown()
-                except Exception as e:  # keep tearing down the rest
-                    errors.append(e)
-        self.links = []
+        for shaper in self.shapers.values():
+            try:
+                shaper.teardown()
+            except Exception as e:  # keep tearing down the rest
+                errors.append(e)
+        self.shapers, self.links, self.shared_links = {}, [], {}
         for b in self._batches.values():
             b.close()
         self._batches = {}

@@ -6,7 +6,11 @@ element's control line) and logs when it was due, when it was applied and how lo
 A step whose successor is already due when its turn comes is *missed* (skipped, counted, never
 applied late out of order). The replay thread runs with real-time priority where the host allows
 it (:mod:`topologies.realtime`), so busy model processes do not make it miss steps. Looping,
-slicing and time-scaling use ``traces.ops``.
+slicing and time-scaling use ``traces.ops``; which row is in force when, looping included, is the
+link's :class:`traces.schedule.LinkSchedule` (the one the device, the simulator and the reports
+read). With ``publish`` paths the replay thread also writes every step it applies into that
+device's link-state file (:mod:`traces.link_state`), which the device's CSI report reads: the
+device reports what its link applied, a missed step included.
 """
 from __future__ import annotations
 
@@ -18,9 +22,11 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
-from traces.format import Trace
 from topologies.realtime import make_realtime
+from traces.format import Trace
+from traces.link_state import LinkStateWriter
 from traces.ops import loop_trace, slice_trace, time_scale
+from traces.schedule import LINK_COLUMNS, LinkSchedule
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +53,7 @@ def prepare(trace: Trace, opts: ReplayOptions) -> Trace:
     return t
 
 
-LINK_VALUES = ("rate_bps_up", "delay_ms_up", "loss_up", "rate_bps_down", "delay_ms_down", "loss_down")
+LINK_VALUES = LINK_COLUMNS
 # device index, trace row, trace ms, due and applied monotonic s, applied wall clock (epoch s), lateness ms
 STEP_COLUMNS = ("step", "device", "t_ms", "due_s", "applied_s", "applied_epoch_s", "apply_ms", *LINK_VALUES)
 
@@ -71,26 +77,30 @@ class StepLog:
 
 class TraceReplayer:
     """Drives ``links`` (a list of ``{'up': shaper, 'down': shaper}``, one per device, each with
-    its own trace) from ``traces`` on a background thread."""
+    its own trace) from ``traces`` on a background thread; ``publish`` (one path per device, or
+    None) is where each device's applied link state is written (:mod:`traces.link_state`)."""
 
-    def __init__(self, links: list[dict], traces: list[Trace], opts: ReplayOptions = ReplayOptions()):
+    def __init__(self, links: list[dict], traces: list[Trace], opts: ReplayOptions = ReplayOptions(),
+                 publish: list | None = None):
         if len(links) != len(traces):
             raise ValueError("one trace per device link is needed")
+        if publish is not None and len(publish) != len(links):
+            raise ValueError("one link-state path per device link is needed")
         self.links = links
-        self.traces = [prepare(t, opts) for t in traces]
+        self.traces = [prepare(t, ReplayOptions(opts.start_ms, opts.end_ms)) for t in traces]  # the slices
+        # The schedule scales time, and loops when a length is asked for (to that length), else it is played once.
+        self.schedules = [LinkSchedule.from_trace(t, loop=opts.loop_to_ms is not None, scale=opts.scale)
+                          for t in self.traces]
         self.log = StepLog()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self.start_time: float | None = None
         self.error: BaseException | None = None
         self.realtime: bool | None = None  # whether the replay thread got SCHED_FIFO (None: not started)
-        # One merged timeline: (t_ms, device index, row index).
-        events = []
-        for k, t in enumerate(self.traces):
-            t0 = float(t.data["t_ms"].iloc[0])
-            for i, tm in enumerate(t.data["t_ms"].to_numpy(dtype=float)):
-                events.append((tm - t0, k, i))
-        events.sort()
+        self._writers = [LinkStateWriter(p) for p in publish] if publish is not None else None
+        # One merged timeline: (t_ms, device index, step number, schedule row).
+        events = sorted((t_ms, k, step, row) for k, sch in enumerate(self.schedules)
+                        for step, t_ms, row in sch.steps(opts.loop_to_ms))
         self._events = events
         # For each event, the index of the same device's next event (len(events) if none).
         self._next_same = [len(events)] * len(events)
@@ -99,13 +109,17 @@ class TraceReplayer:
             k = events[j][1]
             self._next_same[j] = last.get(k, len(events))
             last[k] = j
-        self._cols = [{c: t.data[c].to_numpy(dtype=float) for c in t.data.columns} for t in self.traces]
 
-    def apply(self, k: int, i: int) -> None:
-        """Apply row ``i`` of device ``k`` to both directions."""
-        c = self._cols[k]
-        self.links[k]["up"].set(c["rate_bps_up"][i], c["delay_ms_up"][i], c["loss_up"][i])
-        self.links[k]["down"].set(c["rate_bps_down"][i], c["delay_ms_down"][i], c["loss_down"][i])
+    def apply(self, k: int, row: int, step: int | None = None, t_ms: float | None = None) -> None:
+        """Apply schedule row ``row`` of device ``k`` to both directions, and publish it as
+        ``step`` (default: the row) at trace time ``t_ms`` (default: the row's)."""
+        c = self.schedules[k].columns
+        self.links[k]["up"].set(c["rate_bps_up"][row], c["delay_ms_up"][row], c["loss_up"][row])
+        self.links[k]["down"].set(c["rate_bps_down"][row], c["delay_ms_down"][row], c["loss_down"][row])
+        if self._writers is not None:
+            self._writers[k].publish(row if step is None else step,
+                                     self.schedules[k].t_ms[row] if t_ms is None else t_ms, time.time(),
+                                     self.schedules[k].row(row))
 
     def apply_first(self) -> None:
         """Apply every device's first row now (the links' state before the replay starts)."""
@@ -127,7 +141,7 @@ class TraceReplayer:
             n = len(ev)
             j = 0
             while j < n and not self._stop.is_set():
-                t_ms, k, i = ev[j]
+                t_ms, k, step, row = ev[j]
                 due = self.start_time + t_ms / 1000.0
                 now = time.monotonic()
                 if due > now:
@@ -138,20 +152,25 @@ class TraceReplayer:
                 if nxt < n and self.start_time + ev[nxt][0] / 1000.0 <= time.monotonic():
                     self.log.missed += 1
                 else:
-                    self.apply(k, i)
+                    self.apply(k, row, step, t_ms)
                     applied, applied_epoch = time.monotonic(), time.time()
-                    self.log.rows.append({"step": i, "device": k, "t_ms": t_ms, "due_s": due, "applied_s": applied,
+                    cols = self.schedules[k].columns
+                    self.log.rows.append({"step": step, "device": k, "t_ms": t_ms, "due_s": due, "applied_s": applied,
                                           "applied_epoch_s": applied_epoch, "apply_ms": (applied - due) * 1000.0,
-                                          **{c: float(self._cols[k][c][i]) for c in LINK_VALUES}})
+                                          **{c: float(cols[c][row]) for c in LINK_VALUES}})
                 j += 1
         except BaseException as e:  # surfaced by join()
             self.error = e
             log.exception("trace replay failed")
 
     def stop(self) -> None:
-        """Stop replaying (the links keep their last values)."""
+        """Stop replaying (the links keep their last values, the link-state files the last step)."""
         self._stop.set()
-        self.join()
+        try:
+            self.join()
+        finally:
+            for w in self._writers or []:
+                w.close()
 
     def join(self, timeout: float | None = None) -> None:
         """Wait for the replay to end; re-raise an error from the replay thread."""

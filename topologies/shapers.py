@@ -1,7 +1,7 @@
 """Shape one direction of a link: rate on the sender's egress (HTB, changed in place), delay and
 loss by netem under the HTB class or by the NFQUEUE delay element at the receiver's ingress.
 
-Both backends share one interface, :class:`LinkShaper`: ``setup()``, ``set(rate_bps, delay_ms,
+Both backends (and :class:`FixedRateShaper`, for links declared at a fixed rate) share one interface, :class:`LinkShaper`: ``setup()``, ``set(rate_bps, delay_ms,
 loss)`` (called every trace step; sub-millisecond), ``counters()``, ``teardown()``.
 
 A rate of 0 is an outage: while it is in force the link drops every packet (loss 1.0 at netem or
@@ -18,12 +18,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from nodes.netdev import read_counters
+from channel_models.csi import MIN_RATE_BPS
+from procs.netdev import read_counters
 from topologies.tcbatch import TcBatch
 
 log = logging.getLogger(__name__)
 HZ = 250  # kernel timer frequency seen here; HTB needs a burst of at least rate / HZ
-HTB_MIN_RATE_BPS = 8000  # HTB's smallest rate; a trace's rate 0 is an outage instead (effective_loss)
+HTB_MIN_RATE_BPS = int(MIN_RATE_BPS)  # HTB's smallest rate; a trace's rate 0 is an outage instead (effective_loss)
 # Starts a process in a host: spawn(host, argv, role, log_path, **Popen keywords) -> Popen.
 Spawn = Callable[..., subprocess.Popen]
 
@@ -104,6 +105,7 @@ class LinkShaper(ABC):
     supports it (:meth:`probe`, run in a throwaway namespace by :mod:`topologies.probe`)."""
 
     backend = "base"
+    delays_at_receiver = False  # delay and loss applied at the receiving host's ingress (needs a host there)
 
     @classmethod
     @abstractmethod
@@ -200,6 +202,7 @@ class NfqueueShaper(LinkShaper):
     (for kernels without netem; never on the sender, where TCP small queues would collapse)."""
 
     backend = "nfqueue"
+    delays_at_receiver = True
 
     @classmethod
     def probe(cls, netns: str, ifname: str) -> str | None:
@@ -268,6 +271,31 @@ class NfqueueShaper(LinkShaper):
         if self._stderr:
             self._stderr.close()
         super().teardown()
+
+
+class FixedRateShaper(LinkShaper):
+    """HTB rate and the queue's plain leaf on the sender's egress, no delay and no loss: a link
+    declared at a fixed rate (:class:`topologies.topo.FixedRate`, e.g. an access point's
+    backhaul), whatever backend shapes the traced links. Not a user-chosen backend."""
+
+    backend = "fixed-rate"
+
+    @classmethod
+    def probe(cls, netns: str, ifname: str) -> str | None:
+        r = _run("tc", "-n", netns, "qdisc", "add", "dev", ifname, "root", "handle", "1:", "htb")
+        return None if r.returncode == 0 else (r.stderr.strip() or "tc htb failed")
+
+    def setup(self, rate_bps, delay_ms, loss):
+        if delay_ms or loss or rate_bps <= 0:
+            raise ValueError("a fixed-rate link has a positive rate and neither delay nor loss")
+        self._htb_setup(rate_bps, self.queue.tc_leaf())
+        self.state = (rate_bps, delay_ms, loss)
+
+    def set(self, rate_bps, delay_ms, loss):
+        raise ValueError(f"{self.sender.ifname}: a fixed-rate link keeps its rate (no trace drives it)")
+
+    def _set_delay_loss(self, delay_ms, loss):
+        raise ValueError(f"{self.sender.ifname}: a fixed-rate link has neither delay nor loss")
 
 
 BACKENDS: dict[str, type[LinkShaper]] = {c.backend: c for c in (NetemShaper, NfqueueShaper)}  # in order of preference

@@ -61,10 +61,13 @@ def cmd_import(a: argparse.Namespace) -> int:
     opts = ImportOptions(rate_from=a.rate_from, rate_unit=a.rate_unit, time_unit=a.time_unit,
                          delay_ms=a.delay_ms, loss=a.loss, step_ms=a.step_ms, mapping=a.mapping,
                          bandwidth_hz=a.bandwidth_hz, other_direction=a.other_direction,
-                         direction=a.direction, columns=_kv(a.map), scales=_kv(a.scale, float))
+                         direction=a.direction, columns=_kv(a.map), scales=_kv(a.scale, float),
+                         floor_outages=a.floor_outages)
     meta = import_to_file(a.input, a.output, opts, a.format)
+    outages = meta.get("outage_rows", 0)
     sys.stdout.write(f"wrote {a.output}: {meta['rows']} rows, {meta['duration_ms'] / 1000:g} s "
-                     f"from {meta.get('source')} (rate from {meta.get('rate_from')})\n")
+                     f"from {meta.get('source')} (rate from {meta.get('rate_from')})"
+                     + (f", {outages} outage row(s) kept (rate 0)" if outages else "") + "\n")
     return 0
 
 
@@ -150,6 +153,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="which direction the source records")
     i.add_argument("--map", action="append", help="generic: CANONICAL=source_column (repeat)")
     i.add_argument("--scale", action="append", help="generic: CANONICAL=factor (repeat)")
+    i.add_argument("--floor-outages", action="store_true",
+                   help="raise rate-0 rows (outages) to the smallest link rate, 8 kbit/s, like slower rates "
+                        "(default: an outage stays rate 0; the metadata's 'outages' says which)")
     i.set_defaults(func=cmd_import)
 
     s = ts.add_parser("show", help="summarise (and plot) a trace")

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from channel_models.csi import MIN_RATE_BPS
 from channel_models.generator import ChannelSpec, DirectionSpec
 from channel_models.mapping import ShannonMapping
 from traces.format import Trace
@@ -52,8 +53,9 @@ def fit_step_ms(trace: Trace) -> float:
 
 def outage_fraction(trace: Trace, d: str) -> float:
     """Fraction of the time (0–1) direction ``d`` delivers nothing (rate at or below the
-    import floor, ``rate_floor_bps``, default 8 kbit/s)."""
-    floor = float(trace.meta.get("rate_floor_bps", 8000.0)) * (1 + 1e-9)
+    import floor, ``rate_floor_bps``, default :data:`channel_models.csi.MIN_RATE_BPS`; an outage's 0
+    included)."""
+    floor = float(trace.meta.get("rate_floor_bps", MIN_RATE_BPS)) * (1 + 1e-9)
     t = trace.data["t_ms"].to_numpy(dtype=float)
     w = np.diff(np.append(t, t[-1] + trace.last_hold_ms))
     return float(np.sum(w[trace.data[f"rate_bps_{d}"].to_numpy(dtype=float) <= floor]) / np.sum(w))

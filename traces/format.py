@@ -18,6 +18,7 @@ import numpy as np
 import pandas as pd
 
 from traces.errors import TraceFormatError
+from traces.schedule import row_in_force
 
 FORMAT_VERSION = 1
 MAGIC = "# wisv-trace "
@@ -72,7 +73,7 @@ class Trace:
     def row_at(self, t_ms: float) -> int:
         """Index of the row in force at time ``t_ms`` (ms since the trace start)."""
         t = self.data["t_ms"].to_numpy(dtype=float)
-        return max(0, int(np.searchsorted(t, t[0] + t_ms, side="right")) - 1)
+        return max(0, row_in_force(t, t[0] + t_ms))
 
     def equals(self, other: "Trace") -> bool:
         """True when data (values and dtypes) and metadata are identical."""

@@ -11,6 +11,7 @@ import numpy as np
 import pandas as pd
 
 from traces.format import COLUMNS, Trace
+from traces.schedule import rows_before
 
 
 def _edges(trace: Trace) -> np.ndarray:
@@ -53,7 +54,7 @@ def slice_trace(trace: Trace, start_ms: float, end_ms: float | None = None) -> T
     if not 0 <= start_ms < end_ms:
         raise ValueError(f"empty slice [{start_ms}, {end_ms}) of a {trace.duration_ms:g} ms trace")
     first = trace.row_at(start_ms)
-    last = int(np.searchsorted(t, end_ms, side="left"))
+    last = rows_before(t, end_ms)
     df = trace.data.iloc[first:last].copy()
     new_t = np.maximum(t[first:last] - start_ms, 0.0)
     df["t_ms"] = new_t

@@ -90,6 +90,66 @@ def _repeat_kv(x: torch.Tensor, groups: int) -> torch.Tensor:
     return x[:, :, None].expand(b, kv, groups, n, d).reshape(b, kv * groups, n, d)
 
 
+def lean_layers(decoder: torch.nn.Module) -> list[tuple]:
+    """Per decoder layer, the modules the lean forward reads: (input norm, q, k, v, o projections,
+    post-attention norm, gate, up, down)."""
+    return [(l.input_layernorm, l.self_attn.q_proj, l.self_attn.k_proj, l.self_attn.v_proj, l.self_attn.o_proj,
+             l.post_attention_layernorm, l.mlp.gate_proj, l.mlp.up_proj, l.mlp.down_proj) for l in decoder.layers]
+
+
+def rotary_tables(decoder: torch.nn.Module, x: torch.Tensor, pos: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(cos, signed sin) [b, 1, q, head_dim] for positions ``pos`` [b, q] (see :func:`_rotary`)."""
+    cos, sin = (t.unsqueeze(1) for t in decoder.rotary_emb(x, pos))
+    half = sin.shape[-1] // 2
+    return cos, torch.cat((-sin[..., :half], sin[..., half:]), dim=-1)
+
+
+def one_row_mask(start: int, q_len: int, device: torch.device) -> torch.Tensor | None:
+    """The mask transformers' decoder gives sdpa for one sequence feeding ``q_len`` tokens after
+    ``start`` cached ones: None for a prefill into an empty cache (``is_causal``) or one token, else
+    a boolean causal mask [1, 1, q_len, start + q_len]."""
+    if q_len > 1 and start > 0:
+        end = start + q_len
+        pos = torch.arange(start, end, device=device)
+        return (torch.arange(end, device=device)[None, :] <= pos[:, None]).view(1, 1, q_len, end)
+    return None
+
+
+def attend_one(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None, groups: int,
+               scaling: float) -> torch.Tensor:
+    """transformers' sdpa attention for one sequence: no mask and ``is_causal`` for a prefill, no
+    mask for one token (``enable_gqa``), a boolean causal mask with the keys repeated per query
+    group for a block after a cached prefix. q [1, heads, q, D], k/v [1, kv_heads, L, D]."""
+    if mask is None:
+        return F.scaled_dot_product_attention(q, k, v, dropout_p=0.0, scale=scaling, is_causal=q.shape[2] > 1,
+                                              enable_gqa=groups > 1)
+    if groups > 1:
+        k, v = _repeat_kv(k, groups), _repeat_kv(v, groups)
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=0.0, scale=scaling)
+
+
+def decoder_stack(layers: list[tuple], x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, head_dim: int,
+                  attend) -> torch.Tensor:
+    """The decoder layers over embeddings ``x`` [b, q, H] (before the final norm): RMSNorm, q/k/v
+    projections, rotary, ``attend(layer, q, k, v)`` -> [b, heads, q, D] (which owns the KV cache),
+    output projection, RMSNorm, SiLU MLP, in transformers' order of operations."""
+    b, q_len = x.shape[0], x.shape[1]
+    shape = (b, q_len, -1, head_dim)
+    for i, (norm1, wq, wk, wv, wo, norm2, gate, up, down) in enumerate(layers):
+        h = _rms_norm(x, norm1.weight, norm1.variance_epsilon)
+        q = F.linear(h, wq.weight, wq.bias).view(shape).transpose(1, 2)
+        k = F.linear(h, wk.weight, wk.bias).view(shape).transpose(1, 2)
+        v = F.linear(h, wv.weight, wv.bias).view(shape).transpose(1, 2)
+        q, k = _rotary(q, cos, sin), _rotary(k, cos, sin)
+        a = attend(i, q, k, v)
+        a = a.transpose(1, 2).contiguous().reshape(b, q_len, -1)
+        x = x + F.linear(a, wo.weight, wo.bias)
+        h = _rms_norm(x, norm2.weight, norm2.variance_epsilon)
+        x = x + F.linear(F.silu(F.linear(h, gate.weight, gate.bias)) * F.linear(h, up.weight, up.bias),
+                         down.weight, down.bias)
+    return x
+
+
 class CachedLM:
     """Wraps a Hugging Face causal LM: ``forward`` appends tokens to the KV cache and returns the
     logits and last-layer hidden states of those positions; ``crop`` rolls the cache back.
@@ -107,9 +167,7 @@ class CachedLM:
             attn = self._decoder.layers[0].self_attn
             self._head_dim, self._groups, self._scaling = attn.head_dim, attn.num_key_value_groups, attn.scaling
             self._kv_heads = model.config.num_key_value_heads
-            self._layers = [(l.input_layernorm, l.self_attn.q_proj, l.self_attn.k_proj, l.self_attn.v_proj,
-                             l.self_attn.o_proj, l.post_attention_layernorm, l.mlp.gate_proj, l.mlp.up_proj,
-                             l.mlp.down_proj) for l in self._decoder.layers]
+            self._layers = lean_layers(self._decoder)
             self.cache = KVCache(len(self._layers), self._kv_heads, self._head_dim, p.dtype, p.device)
         else:
             from transformers import DynamicCache
@@ -151,41 +209,22 @@ class CachedLM:
 
     def _lean_forward(self, ids: torch.Tensor) -> torch.Tensor:
         """Last-layer hidden states [1, q, H] of ``ids`` [1, q] after the cache; extends the cache.
-        Mirrors transformers' decoder with sdpa attention: no mask and ``is_causal`` for a prefill
-        into an empty cache, no mask for one token, a boolean causal mask with the keys repeated
-        per query group for a block after a cached prefix."""
+        Mirrors transformers' decoder with sdpa attention (see :func:`attend_one`)."""
         cache, dec = self.cache, self._decoder
         q_len, start = ids.shape[1], self.cache_len
         end = start + q_len
         cache.reserve(end)
         x = F.embedding(ids, dec.embed_tokens.weight)
         pos = torch.arange(start, end, device=self.device).unsqueeze(0)
-        cos, sin = (t.unsqueeze(1) for t in dec.rotary_emb(x, pos))
-        half = sin.shape[-1] // 2
-        sin = torch.cat((-sin[..., :half], sin[..., half:]), dim=-1)
-        mask = None
-        if q_len > 1 and start > 0:
-            mask = (torch.arange(end, device=self.device)[None, :] <= pos[0, :, None]).view(1, 1, q_len, end)
-        shape, groups = (1, q_len, -1, self._head_dim), self._groups
-        for i, (norm1, wq, wk, wv, wo, norm2, gate, up, down) in enumerate(self._layers):
-            h = _rms_norm(x, norm1.weight, norm1.variance_epsilon)
-            q = F.linear(h, wq.weight, wq.bias).view(shape).transpose(1, 2)
-            k = F.linear(h, wk.weight, wk.bias).view(shape).transpose(1, 2)
-            v = F.linear(h, wv.weight, wv.bias).view(shape).transpose(1, 2)
-            q, k = _rotary(q, cos, sin), _rotary(k, cos, sin)
+        cos, sin = rotary_tables(dec, x, pos)
+        mask = one_row_mask(start, q_len, self.device)
+        groups, scaling = self._groups, self._scaling
+
+        def attend(i: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
             k, v = cache.write(i, start, k, v)
-            if mask is None:
-                a = F.scaled_dot_product_attention(q, k, v, dropout_p=0.0, scale=self._scaling, is_causal=q_len > 1,
-                                                   enable_gqa=groups > 1)
-            else:
-                if groups > 1:
-                    k, v = _repeat_kv(k, groups), _repeat_kv(v, groups)
-                a = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=0.0, scale=self._scaling)
-            a = a.transpose(1, 2).contiguous().reshape(1, q_len, -1)
-            x = x + F.linear(a, wo.weight, wo.bias)
-            h = _rms_norm(x, norm2.weight, norm2.variance_epsilon)
-            x = x + F.linear(F.silu(F.linear(h, gate.weight, gate.bias)) * F.linear(h, up.weight, up.bias),
-                             down.weight, down.bias)
+            return attend_one(q, k, v, mask, groups, scaling)
+
+        x = decoder_stack(self._layers, x, cos, sin, self._head_dim, attend)
         cache.length = end
         return _rms_norm(x, dec.norm.weight, dec.norm.variance_epsilon)
 

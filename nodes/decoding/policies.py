@@ -66,15 +66,17 @@ class VerifyContext:
 
 @dataclass
 class Decision:
-    """A policy's decision on one round: ``n_accepted`` draft tokens stand, then ``next_token``.
-    ``n_exact``: exact-match prefix length; ``first_mismatch``: index of the first draft token that
-    differs from the target's choice (None if none); ``n_harmless``: mismatches judged harmless."""
+    """A policy's decision on one round: ``accepted`` draft tokens stand, then ``next_token``.
+    ``accepted_exact``: exact-match prefix length; ``first_mismatch``: index of the first draft
+    token that differs from the target's choice (None if none); ``harmless``: mismatches judged
+    harmless. The same names run through :class:`nodes.wire.Verdict` to the round log's columns
+    (:class:`nodes.telemetry.RoundLog`)."""
 
-    n_accepted: int
+    accepted: int
     next_token: int
-    n_exact: int
+    accepted_exact: int
     first_mismatch: int | None
-    n_harmless: int = 0
+    harmless: int = 0
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -112,7 +114,7 @@ class ExactMatch(VerificationPolicy):
 
     def verify(self, ctx: VerifyContext) -> Decision:
         n, first, greedy = exact_prefix(ctx)
-        return Decision(n, int(greedy[n]), n, first)
+        return Decision(accepted=n, next_token=int(greedy[n]), accepted_exact=n, first_mismatch=first)
 
 
 def _probs(logits: torch.Tensor, temperature: float) -> torch.Tensor:
@@ -146,7 +148,7 @@ class RejectionSampling(VerificationPolicy):
             nxt = int(torch.multinomial(dist, 1, generator=ctx.generator))
         else:
             nxt = int(torch.multinomial(p[g], 1, generator=ctx.generator))
-        return Decision(n, nxt, n_exact, first)
+        return Decision(accepted=n, next_token=nxt, accepted_exact=n_exact, first_mismatch=first)
 
 
 class _RelaxedPolicy(VerificationPolicy):
@@ -161,8 +163,8 @@ class _RelaxedPolicy(VerificationPolicy):
         match = ctx.matches()
         ok = match | self.tolerate(ctx)
         n = accepted_prefix(ok)
-        harmless = int((~match[:n]).sum())
-        return Decision(n, int(greedy[n]), n_exact, first, harmless)
+        return Decision(accepted=n, next_token=int(greedy[n]), accepted_exact=n_exact, first_mismatch=first,
+                        harmless=int((~match[:n]).sum()))
 
 
 class TopKAcceptance(_RelaxedPolicy):

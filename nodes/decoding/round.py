@@ -41,7 +41,7 @@ class RoundOutcome:
         """Tokens this round commits: the accepted draft prefix, then the next (or bonus) token."""
         if self.decision is None:
             raise RuntimeError("the round is not decided yet")
-        return self.ctx.draft_tokens[: self.decision.n_accepted].tolist() + [self.decision.next_token]
+        return self.ctx.draft_tokens[: self.decision.accepted].tolist() + [self.decision.next_token]
 
     def decide(self) -> "RoundOutcome":
         """Run the policy, or ask for the drafter hidden states it needs and does not have."""

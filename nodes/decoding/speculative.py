@@ -115,10 +115,11 @@ class Verifier:
 
 @dataclass
 class RoundRecord:
-    """One interaction round as the core sees it (the nodes add bytes, link and CSI fields);
-    ``verify_ms`` covers the target forward and the policy; ``tokens_out`` the tokens it adds to
-    the output (none after a stop); ``end_reason``: why the request ended with this round
-    (``eos``, ``stop`` for a stop sequence, ``budget``), '' while it goes on."""
+    """One interaction round as the core sees it (the nodes add bytes, link and CSI fields:
+    :class:`nodes.telemetry.RoundLog`, whose columns carry the same names); ``verify_ms`` covers
+    the target forward and the policy; ``tokens_out`` the tokens it adds to the output (none
+    after a stop); ``end_reason``: why the request ended with this round (``eos``, ``stop`` for
+    a stop sequence, ``budget``), '' while it goes on."""
 
     round: int
     drafted: int
@@ -181,8 +182,10 @@ def speculative_generate(drafter: Drafter, verifier: Verifier, policy: Verificat
         verifier.commit(len(seq))
         drafter.commit(len(seq))
         d = r.decision
-        result.rounds.append(RoundRecord(len(result.rounds), len(block.tokens), d.n_accepted, d.n_exact,
-                                         d.first_mismatch, d.n_harmless, block.draft_ms, r.verify_ms, len(new), end))
+        result.rounds.append(RoundRecord(round=len(result.rounds), drafted=len(block.tokens), accepted=d.accepted,
+                                         accepted_exact=d.accepted_exact, first_mismatch=d.first_mismatch,
+                                         harmless=d.harmless, draft_ms=block.draft_ms, verify_ms=r.verify_ms,
+                                         tokens_out=len(new), end_reason=end))
         if end:
             break
     result.wall_ms = (time.perf_counter() - t_start) * 1000.0

@@ -8,13 +8,13 @@ from typing import Any, Callable
 import numpy as np
 import pandas as pd
 
+from channel_models.csi import MIN_RATE_BPS
 from channel_models.mapping import make_mapping
 from traces.format import COLUMNS, Trace, TraceFormatError, find_problem
 from traces.textio import CsvStrings, numeric, read_csv_strings
 
 RATE_UNITS = {"bps": 1.0, "kbps": 1e3, "mbps": 1e6, "gbps": 1e9, "Bps": 8.0, "kBps": 8e3, "MBps": 8e6}
 TIME_UNITS = {"ms": 1.0, "s": 1000.0, "us": 1e-3}
-MIN_RATE_BPS = 8000.0  # rates are floored here after validation (HTB's smallest rate)
 MAX_ROWS = 10_000_000  # an import (after any resampling) of more rows is refused
 
 
@@ -30,7 +30,10 @@ class ImportOptions:
     mapping, bandwidth_hz, overhead: the CSI → link mapping for ``rate_from='csi'``;
     other_direction: ``mirror`` (copy the recorded direction) or a rate in bit/s for a
         direction the source does not record;
-    columns, scales: the generic importer's map canonical-name → source column and multipliers.
+    columns, scales: the generic importer's map canonical-name → source column and multipliers;
+    floor_outages: raise rate-0 rows (outages: nothing delivered) to the smallest link rate
+        :data:`channel_models.csi.MIN_RATE_BPS` like every other rate below it; off by
+        default, so an outage in the source stays one (the trace's metadata says which).
     """
 
     rate_from: str = "throughput"
@@ -47,6 +50,7 @@ class ImportOptions:
     nr_slots_per_s: float = 400.0
     columns: dict[str, str] = field(default_factory=dict)
     scales: dict[str, float] = field(default_factory=dict)
+    floor_outages: bool = False
 
     def __post_init__(self) -> None:
         if self.rate_from not in ("throughput", "csi"):
@@ -144,11 +148,40 @@ def _source_of(col: str, cols: dict[str, Any], where: Provenance) -> tuple[str, 
     return col, None
 
 
+@dataclass
+class RateFloor:
+    """Raises rates below :data:`MIN_RATE_BPS` (the smallest rate a link is shaped to) to it,
+    chunk after chunk, keeping rate-0 rows — outages — unless ``floor_outages``; counts what it
+    changed per direction and row (``floored``: raised, ``outages``: rate 0 kept)."""
+
+    floor_outages: bool = False
+    floored: int = 0
+    outages: int = 0
+
+    def apply(self, cols: dict[str, Any]) -> None:
+        """Floor ``cols``' ``rate_bps_up``/``rate_bps_down`` in place (bit/s)."""
+        for d in ("up", "down"):
+            r = np.asarray(cols[f"rate_bps_{d}"], dtype=float)
+            zero = r == 0
+            low = (r < MIN_RATE_BPS) if self.floor_outages else ((r < MIN_RATE_BPS) & ~zero)
+            self.floored += int(np.sum(low))
+            self.outages += 0 if self.floor_outages else int(np.sum(zero))
+            cols[f"rate_bps_{d}"] = np.where(low, MIN_RATE_BPS, r)
+
+    def meta(self) -> dict[str, Any]:
+        """What the floor did, for the trace metadata: ``outages`` (``kept``: rate 0 is an
+        outage; ``floored``: raised to the floor), ``rate_floor_bps``, ``rows_at_rate_floor``
+        and ``outage_rows`` (counted per direction)."""
+        return {"outages": "floored" if self.floor_outages else "kept", "rate_floor_bps": MIN_RATE_BPS,
+                "rows_at_rate_floor": self.floored, "outage_rows": self.outages}
+
+
 def finish(cols: dict[str, Any], meta: dict[str, Any], opts: ImportOptions, path=None,
-           where: Provenance | None = None, min_rate_bps: float = MIN_RATE_BPS) -> Trace:
+           where: Provenance | None = None) -> Trace:
     """Assemble a Trace from column arrays: re-base time to 0, validate (before the floor, so a
-    wrong unit or a negative rate is an error), floor rates at ``min_rate_bps`` bit/s, resample
-    to ``opts.step_ms`` ms if asked."""
+    wrong unit or a negative rate is an error), raise rates below the smallest link rate to it
+    (:class:`RateFloor`: rate 0, an outage, is kept unless ``opts.floor_outages``), resample to
+    ``opts.step_ms`` ms if asked."""
     from traces.ops import resample
 
     path = path if path is not None else meta.get("file", "<import>")
@@ -158,13 +191,9 @@ def finish(cols: dict[str, Any], meta: dict[str, Any], opts: ImportOptions, path
     with np.errstate(over="ignore", invalid="ignore"):  # an overflow is inf: refused by validation
         cols["t_ms"] = t - t[0] if np.isfinite(t[0]) else t
     validate_import(path, cols, meta, where or Provenance())
-    floored = 0
-    for d in ("up", "down"):
-        r = np.asarray(cols[f"rate_bps_{d}"], dtype=float)
-        floored += int(np.sum(r < min_rate_bps))
-        cols[f"rate_bps_{d}"] = np.maximum(r, min_rate_bps)
-    meta = {**meta, "import_options": opts.describe(), "rate_floor_bps": min_rate_bps,
-            "rows_at_rate_floor": floored}
+    floor = RateFloor(opts.floor_outages)
+    floor.apply(cols)
+    meta = {**meta, "import_options": opts.describe(), **floor.meta()}
     df = pd.DataFrame({c: np.asarray(cols[c], dtype=float) for c in COLUMNS if c in cols})
     trace = Trace(df, meta)
     if opts.step_ms:

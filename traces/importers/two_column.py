@@ -21,7 +21,7 @@ from typing import Iterator
 import numpy as np
 
 from traces.format import Trace, TraceFormatError, TraceWriter, time_problem
-from traces.importers.common import (MIN_RATE_BPS, RATE_UNITS, TIME_UNITS, ImportOptions, Provenance, fill_direction,
+from traces.importers.common import (RATE_UNITS, RateFloor, TIME_UNITS, ImportOptions, Provenance, fill_direction,
                                      finish)
 from traces.textio import BLOCK_BYTES, iter_line_blocks, lines_of
 
@@ -210,7 +210,8 @@ def import_two_column_to_file(path: str | Path, out: str | Path, opts: ImportOpt
     t0: float | None = None
     prev: float | None = None
     steps: list[np.ndarray] = []
-    rows = floored = 0
+    rows = 0
+    floor = RateFloor(opts.floor_outages)
     top = {"up": (-1.0, -1), "down": (-1.0, -1)}  # per direction: (largest rate bit/s, its row)
     note = ""
     with TraceWriter(out) as writer:
@@ -228,8 +229,7 @@ def import_two_column_to_file(path: str | Path, out: str | Path, opts: ImportOpt
                 k = int(np.argmax(r))
                 if r[k] > top[d][0]:
                     top[d] = (float(r[k]), rows + k)
-                floored += int(np.sum(r < MIN_RATE_BPS))
-                cols[f"rate_bps_{d}"] = np.maximum(r, MIN_RATE_BPS)
+            floor.apply(cols)
             writer.write(cols)
             rows += len(t_ms)
         for d, (largest, row) in top.items():
@@ -242,7 +242,7 @@ def import_two_column_to_file(path: str | Path, out: str | Path, opts: ImportOpt
         step_ms = float(np.median(all_steps, overwrite_input=True))
         del all_steps, steps
         meta = {**_meta(path, opts), "note": note, "import_options": opts.describe(),
-                "rate_floor_bps": MIN_RATE_BPS, "rows_at_rate_floor": floored, "step_ms": step_ms}
+                **floor.meta(), "step_ms": step_ms}
         meta = writer.close(meta)
     return {**meta, "rows": rows, "duration_ms": float(prev + step_ms)}
 
