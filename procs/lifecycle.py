@@ -125,3 +125,14 @@ def pids_in_namespaces(namespaces: set[str]) -> list[int]:
         if d.isdigit() and net_namespace(int(d)) in namespaces:
             out.append(int(d))
     return out
+
+
+def close_and_wait(proc: subprocess.Popen, timeout_s: float = 3.0) -> None:
+    """Stop a child that exits when its standard input closes (a packet element): close it, wait
+    up to ``timeout_s`` s, then SIGKILL it and reap it."""
+    try:
+        proc.stdin.close()
+        proc.wait(timeout=timeout_s)
+    except (subprocess.TimeoutExpired, OSError):
+        proc.kill()
+        proc.wait(timeout=timeout_s)

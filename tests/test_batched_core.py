@@ -173,10 +173,10 @@ def test_verify_batch_decides_each_row_as_verify_round(default_pair):
         for i, got in enumerate(verify_batch(bv, items)):
             want = verify_round(refs[i], policies[i], seqs[i], blocks[i].tokens, drafter_hidden=blocks[i].hidden)
             a, b = got.decision, want.decision
-            assert (a.n_accepted, a.n_exact, a.n_harmless, a.next_token, a.first_mismatch) == \
-                (b.n_accepted, b.n_exact, b.n_harmless, b.next_token, b.first_mismatch), (rnd, i)
+            assert (a.accepted, a.accepted_exact, a.harmless, a.next_token, a.first_mismatch) == \
+                (b.accepted, b.accepted_exact, b.harmless, b.next_token, b.first_mismatch), (rnd, i)
             assert got.new_tokens == want.new_tokens and got.n_prefill == want.n_prefill
-            relaxed += a.n_harmless
+            relaxed += a.harmless
             seqs[i] += got.new_tokens
             bv.commit(slots[i], len(seqs[i])), refs[i].commit(len(seqs[i])), drafters[i].commit(len(seqs[i]))
     assert len({len(s) for s in seqs}) > 1

@@ -28,8 +28,6 @@ from __future__ import annotations
 import argparse
 import collections
 import json
-import os
-import select
 import socket
 import subprocess
 import sys
@@ -37,7 +35,8 @@ import time
 from dataclasses import dataclass
 
 from channel_models.cell import SCHEDULERS, make_scheduler
-from procs.lifecycle import child_environment, die_with_orchestrator, pdeathsig_prefix
+from procs.lifecycle import child_environment, close_and_wait, die_with_orchestrator, pdeathsig_prefix
+from topologies.element_io import ElementIO, answer
 from topologies.realtime import make_realtime
 
 MAX_CATCH_UP_TTI = 20  # late TTIs run back to back after a stall; older ones are skipped
@@ -57,8 +56,6 @@ def run(queue_num: int, devices: list[str], rates_bps: list[float], scheduler: s
     device (lists in ``devices`` order): ``released_packets``, ``released_bytes``, ``dropped``
     (queue full), ``queued_packets``, ``queued_bytes``, ``share_sum`` (Σ of its shares),
     ``delay_ms_sum`` and ``delay_ms_max`` (arrival → release of released packets)."""
-    from netfilterqueue import NetfilterQueue
-
     n = len(devices)
     index = {socket.inet_aton(ip): i for i, ip in enumerate(devices)}
     sched = make_scheduler(scheduler, n, tti_ms, **(scheduler_kwargs or {}))
@@ -117,16 +114,10 @@ def run(queue_num: int, devices: list[str], rates_bps: list[float], scheduler: s
                 "queued_bytes": queued_bytes, "share_sum": c["share_sum"],
                 "delay_ms_sum": c["delay_ms_sum"], "delay_ms_max": c["delay_ms_max"]}
 
-    nfq = NetfilterQueue()
-    nfq.bind(queue_num, on_packet, max_len=n * queue_packets + 1024)
-    nl = socket.fromfd(nfq.get_fd(), socket.AF_NETLINK, socket.SOCK_RAW)
-    nl.setblocking(False)
-    stdin = sys.stdin.fileno()
-    pending = b""
+    io = ElementIO(queue_num, on_packet, max_len=n * queue_packets + 1024)
     tti_s = tti_ms / 1000.0
     next_tti = time.monotonic() + tti_s
-    sys.stdout.write("ready\n")
-    sys.stdout.flush()
+    io.ready()
     try:
         while True:
             now = time.monotonic()
@@ -139,33 +130,26 @@ def run(queue_num: int, devices: list[str], rates_bps: list[float], scheduler: s
                 for _ in range(min(due, MAX_CATCH_UP_TTI)):
                     run_tti(now)
                 next_tti += due * tti_s
-            readable, _, _ = select.select([nl, stdin], [], [], max(0.0, next_tti - time.monotonic()))
-            if nl in readable:
-                nfq.run(block=False)
-            if stdin in readable:
-                chunk = os.read(stdin, 65536)
-                if not chunk:
-                    break  # parent gone
-                pending += chunk
-                *lines, pending = pending.split(b"\n")
-                for line in lines:
-                    words = line.decode(errors="replace").split()
-                    if words == ["stats"]:
-                        sys.stdout.write(json.dumps(stats()) + "\n")
-                        sys.stdout.flush()
-                    elif len(words) == n + 1 and words[0] == "rates":
-                        try:
-                            new = [float(w) for w in words[1:]]
-                        except ValueError:
-                            continue
-                        if all(0.0 <= r < float("inf") for r in new):
-                            rates[:] = new
-                            g["updates"] += 1
+            lines = io.wait(next_tti - time.monotonic())
+            if lines is None:
+                break  # parent gone
+            for line in lines:
+                words = line.split()
+                if words == ["stats"]:
+                    answer(stats())
+                elif len(words) == n + 1 and words[0] == "rates":
+                    try:
+                        new = [float(w) for w in words[1:]]
+                    except ValueError:
+                        continue
+                    if all(0.0 <= r < float("inf") for r in new):
+                        rates[:] = new
+                        g["updates"] += 1
     finally:
         for q in queues:
             for pkt, _, _ in q:
                 pkt.accept()
-        nfq.unbind()
+        io.close()
 
 
 @dataclass
@@ -213,12 +197,7 @@ class CellElement:
 
     def close(self) -> None:
         """Stop it (closing stdin releases what it holds); kill it if it does not exit in 3 s."""
-        try:
-            self.proc.stdin.close()
-            self.proc.wait(timeout=3)
-        except (subprocess.TimeoutExpired, OSError):
-            self.proc.kill()
-            self.proc.wait(timeout=3)
+        close_and_wait(self.proc)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -18,22 +18,17 @@ from __future__ import annotations
 
 import argparse
 import collections
-import json
-import os
 import random
-import select
-import socket
 import sys
 import time
 
 from procs.lifecycle import die_with_orchestrator
+from topologies.element_io import ElementIO, answer
 from topologies.realtime import make_realtime
 
 
 def run(queue_num: int, seed: int, delay_ms: float, loss: float, max_len: int) -> None:
     """Serve the queue until stdin closes; see the module docstring."""
-    from netfilterqueue import NetfilterQueue
-
     rng = random.Random(seed)
     state = {"delay_s": delay_ms / 1000.0, "loss": loss}
     fifo: collections.deque = collections.deque()
@@ -51,14 +46,8 @@ def run(queue_num: int, seed: int, delay_ms: float, loss: float, max_len: int) -
         last[0] = release
         fifo.append((release, pkt))
 
-    nfq = NetfilterQueue()
-    nfq.bind(queue_num, on_packet, max_len=max_len)
-    nl = socket.fromfd(nfq.get_fd(), socket.AF_NETLINK, socket.SOCK_RAW)
-    nl.setblocking(False)
-    stdin = sys.stdin.fileno()
-    pending = b""
-    sys.stdout.write("ready\n")
-    sys.stdout.flush()
+    io = ElementIO(queue_num, on_packet, max_len=max_len)
+    io.ready()
     try:
         while True:
             now = time.monotonic()
@@ -66,34 +55,26 @@ def run(queue_num: int, seed: int, delay_ms: float, loss: float, max_len: int) -
                 fifo.popleft()[1].accept()
                 counters["released"] += 1
             timeout = max(0.0, fifo[0][0] - now) if fifo else 0.5
-            readable, _, _ = select.select([nl, stdin], [], [], timeout)
-            if nl in readable:
-                nfq.run(block=False)
-            if stdin in readable:
-                chunk = os.read(stdin, 65536)
-                if not chunk:
-                    break  # parent gone
-                pending += chunk
-                *lines, pending = pending.split(b"\n")
-                for line in lines:
-                    text = line.decode(errors="replace").strip()
-                    if text == "stats":
-                        sys.stdout.write(json.dumps({**counters, "queued": len(fifo), **state}) + "\n")
-                        sys.stdout.flush()
-                        continue
-                    try:
-                        d, l_ = text.split()[:2]
-                        d_s, l_p = float(d) / 1000.0, float(l_)
-                        if not (d_s >= 0 and 0.0 <= l_p <= 1.0):
-                            raise ValueError
-                    except ValueError:
-                        continue  # a malformed update is ignored, the link keeps its state
-                    state["delay_s"], state["loss"] = d_s, l_p
-                    counters["updates"] += 1
+            lines = io.wait(timeout)
+            if lines is None:
+                break  # parent gone
+            for text in lines:
+                if text == "stats":
+                    answer({**counters, "queued": len(fifo), **state})
+                    continue
+                try:
+                    d, l_ = text.split()[:2]
+                    d_s, l_p = float(d) / 1000.0, float(l_)
+                    if not (d_s >= 0 and 0.0 <= l_p <= 1.0):
+                        raise ValueError
+                except ValueError:
+                    continue  # a malformed update is ignored, the link keeps its state
+                state["delay_s"], state["loss"] = d_s, l_p
+                counters["updates"] += 1
     finally:
         for _, pkt in fifo:
             pkt.accept()
-        nfq.unbind()
+        io.close()
 
 
 def main(argv: list[str] | None = None) -> int:

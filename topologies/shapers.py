@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Callable
 
 from channel_models.csi import MIN_RATE_BPS
+from procs.lifecycle import close_and_wait
 from procs.netdev import read_counters
 from topologies.tcbatch import TcBatch
 
@@ -261,12 +262,7 @@ class NfqueueShaper(LinkShaper):
             self.receiver.host.cmd(f"iptables -t mangle -D {self._rule} 2>/dev/null")
             self._rule = None
         if self.proc is not None:
-            try:
-                self.proc.stdin.close()
-                self.proc.wait(timeout=3)
-            except (subprocess.TimeoutExpired, OSError):
-                self.proc.kill()
-                self.proc.wait(timeout=3)
+            close_and_wait(self.proc)
             self.proc = None
         if self._stderr:
             self._stderr.close()
