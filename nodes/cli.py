@@ -75,9 +75,10 @@ def add_task_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--answer-filter", choices=list(FILTERS),
                    help="the filter that decides correctness (default: strict-match for gsm8k, flexible-extract with "
                         "--chat-template; completion for humaneval, code-block with --chat-template); all are reported")
-    p.add_argument("--prompt-style", default="plain", choices=list(PROMPT_STYLES),
+    p.add_argument("--prompt-style", default=field_default(TaskConfig, "prompt_style"), choices=list(PROMPT_STYLES),
                    help="gsm8k prompts: plain 'Question: …\nAnswer:', qa 'Q: …\nA:', cot (zero-shot, step by step)")
-    p.add_argument("--shots", type=int, default=0, help="gsm8k: worked examples before the question (n-shot)")
+    p.add_argument("--shots", type=int, default=field_default(TaskConfig, "shots"),
+                   help="gsm8k: worked examples before the question (n-shot)")
     p.add_argument("--fewshot-file", help="gsm8k: GSM8K-format JSONL of worked examples (e.g. the train split)")
     p.add_argument("--stop", action="append", metavar="TEXT",
                    help="a stop sequence replacing the task's own (repeatable; '' for none)")
@@ -203,6 +204,7 @@ def cmd_edge(a: argparse.Namespace) -> int:
     _threads(a)
     from nodes.edge import EdgeLimits, EdgeServer
     from nodes.models import load_models
+    from nodes.decoding.stopping import stop_criteria_for
     from nodes.oracle import AnswerOracle
 
     cfg = config_from_args(a)
@@ -212,7 +214,9 @@ def cmd_edge(a: argparse.Namespace) -> int:
                         max_sessions=a.max_sessions, max_message_bytes=a.max_message_bytes,
                         max_prompt_tokens=a.max_prompt_tokens), a.token, cfg.head_dir,
                         curve_secret_key=secret, profile=cfg.compute.edge, lambda_ms=cfg.lambda_ms, curve_allow=allow,
-                        oracle=AnswerOracle(pair.target, pair.tokenizer, pair.eos_token_id, cfg.task))
+                        oracle=AnswerOracle(pair.target, pair.tokenizer, pair.eos_token_id, cfg.task),
+                        stop=stop_criteria_for(cfg.task.make(), pair.tokenizer, pair.target, cfg.task.chat_template)
+                        if a.config else None)
     signal.signal(signal.SIGTERM, lambda *_: server.stop())
     logging.getLogger(__name__).info("edge serving on %s", server.endpoint)
     sys.stdout.write(f"ready {server.endpoint}\n")

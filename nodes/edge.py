@@ -40,6 +40,7 @@ import zmq
 
 from channel_models.csi import CSI
 from nodes.decoding import RoundOutcome, Verifier, verify_round
+from nodes.decoding.stopping import StopCriteria
 from nodes.decoding.policies import VerificationPolicy
 from nodes.profiles import ComputeProfile, sleep_ms
 from nodes.models import model_identity
@@ -145,13 +146,17 @@ class EdgeServer:
     def __init__(self, target: torch.nn.Module, eos_token_id: int | None, bind: str | None = "tcp://0.0.0.0:5555",
                  limits: EdgeLimits = EdgeLimits(), token: str = "", head_dir: str | None = None,
                  curve_secret_key: bytes | None = None, profile: ComputeProfile = ComputeProfile(),
-                 lambda_ms: float | None = None, curve_allow: str | os.PathLike | None = None, oracle=None):
+                 lambda_ms: float | None = None, curve_allow: str | os.PathLike | None = None, oracle=None,
+                 stop: StopCriteria | None = None):
         """``oracle``: a :class:`nodes.oracle.AnswerOracle` for the run's task (the ``oracle``
-        protocol is refused without one). ``curve_allow``: with ``curve_secret_key``, the folder
+        protocol is refused without one). ``stop``: where the run's task ends an output (its stop
+        sequences and every EOS id, :func:`nodes.decoding.stopping.stop_criteria_for`); the edge
+        decoding alone (``ar-edge``) stops there (default: at ``eos_token_id``). ``curve_allow``: with ``curve_secret_key``, the folder
         of allowed client public keys (``*.key`` certificates), or ``zmq.auth.CURVE_ALLOW_ANY`` to admit any client key; CURVE
         without one of them is refused (ValueError)."""
         self.target, self.eos, self.limits, self.token = target, eos_token_id, limits, token
         self.profile, self.lambda_ms, self.head_dir, self.oracle = profile, lambda_ms, head_dir, oracle
+        self.stop = stop
         self.identity = model_identity(target.config)  # what a decision head must belong to
         self.sock = None
         self.endpoint = ""

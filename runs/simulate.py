@@ -24,6 +24,7 @@ import numpy as np
 
 from channel_models.csi import CSI, RTO_MS, segments, transfer_ms
 from nodes.config import RunConfig
+from nodes.decoding.stopping import stop_criteria_for
 from nodes.device import DeviceClient, EdgeError, ExchangeCounts, matches, run_problems
 from nodes.edge import EdgeServer
 from nodes.oracle import AnswerOracle
@@ -151,7 +152,8 @@ def simulate_protocol(pair: ModelPair, trace: Trace | list[Trace], cfg: RunConfi
     devices = resolve_devices(cfg, traces)
     oracle = oracle or AnswerOracle(pair.target, pair.tokenizer, pair.eos_token_id, cfg.task)
     edge = EdgeServer(pair.target, pair.eos_token_id, bind=None, head_dir=cfg.head_dir, profile=cfg.compute.edge,
-                      lambda_ms=cfg.lambda_ms, oracle=oracle)
+                      lambda_ms=cfg.lambda_ms, oracle=oracle,
+                      stop=stop_criteria_for(cfg.task.make(), pair.tokenizer, pair.target, cfg.task.chat_template))
     tags = [device_tag(cfg.protocol, d.index, len(devices)) for d in devices]
     loggers = [RoundLogger(out_dir / f"rounds-{tag}.jsonl") if out_dir else None for tag in tags]
     clients = []

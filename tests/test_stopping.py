@@ -128,3 +128,30 @@ def test_mining_refuses_a_task_whose_answers_cannot_be_extracted(chain, tmp_path
         mine(pair, tmp_path / "mined", 4, 4, shard_size=4, max_new_tokens=8, progress=False,
              task=TaskConfig(split="train", kind="gsm8k", file=str(f)))
     assert not (tmp_path / "mined" / "manifest.json").exists()  # nothing written
+
+
+def test_the_edge_decoding_alone_stops_at_the_task_s_stop_rules(chain):
+    """ar-edge: the edge given the run's stop rules decodes no further than the stop (without
+    them, to the budget); the device keeps what the rules keep."""
+    from nodes.config import TaskConfig
+    from nodes.decoding.stopping import stop_criteria_for
+    from nodes.edge import EdgeServer
+    from nodes.evaluate import encode_prompt
+    from nodes.models import load_pair
+    from nodes.wire import Hello, Start, decode, encode
+
+    drafter, target, f = chain
+    pair = load_pair(drafter, target)
+    task = TaskConfig(problems=1, max_new_tokens=16, kind="humaneval", file=str(f))
+    t = task.make()
+    prompt = encode_prompt(pair, t.problems(task.split, 1, 0)[0], False)
+    stop = stop_criteria_for(t, pair.tokenizer, pair.target)
+
+    def decoded(rules) -> list[int]:
+        edge = EdgeServer(pair.target, pair.eos_token_id, bind=None, stop=rules)
+        ack = decode(edge.handle_frames(b"d", encode(Hello("dev0", "ar-edge", 4, 0.0, "f16", "", 0, 0))))
+        return list(decode(edge.handle_frames(b"d", encode(Start("r", prompt, 16, ack.secret)))).tokens)
+
+    alone, stopped = decoded(None), decoded(stop)
+    assert len(alone) == 16 and stopped == alone[: len(stopped)] and len(stopped) < 16
+    assert stop.check(stopped).keep == 5  # what the device keeps, as in the speculative loop

@@ -35,7 +35,8 @@ class EdgeAloneDevice(DeviceSide):
 
 
 class EdgeAloneEdge(EdgeSide):
-    """Decodes a request's prompt to the end (EOS or ``max_new_tokens``) when it starts."""
+    """Decodes a request's prompt to the end (EOS, a stop rule of the edge's task, or
+    ``max_new_tokens``) when it starts."""
 
     def __init__(self, protocol: "Protocol", setup: EdgeSetup):
         self.protocol, self.setup, self.policy = protocol, setup, None  # nothing to verify
@@ -46,7 +47,7 @@ class EdgeAloneEdge(EdgeSide):
         from nodes.wire import Result
 
         t0 = time.perf_counter()
-        out = autoregressive_generate(session.verifier.lm, msg.prompt, msg.max_new_tokens, edge.eos)
+        out = autoregressive_generate(session.verifier.lm, msg.prompt, msg.max_new_tokens, edge.eos, stop=edge.stop)
         return Result(msg.request_id, out, (time.perf_counter() - t0) * 1000.0)
 
 
