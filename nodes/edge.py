@@ -43,6 +43,7 @@ from nodes.decoding import RoundOutcome, Verifier, verify_round
 from nodes.decoding.stopping import StopCriteria
 from nodes.decoding.policies import VerificationPolicy
 from nodes.profiles import ComputeProfile, sleep_ms
+from nodes.edge_request import Request
 from nodes.models import model_identity
 from nodes.protocols import PROTOCOLS, EdgeSetup, EdgeSide, Protocol
 from nodes.wire import (WIRE_DTYPES, Bye, Draft, Envelope, Error, Hello, HelloAck, HiddenRequest, HiddenUpload, Message,
@@ -100,18 +101,6 @@ class EdgeRoundTimes:
 
 
 @dataclass
-class Request:
-    """A request in progress at the edge."""
-
-    request_id: str
-    seq: list[int]
-    prompt_len: int
-    max_new_tokens: int
-    round: int = 0
-    pending: RoundOutcome | None = None  # a round waiting for the drafter hidden rows it asked for
-
-
-@dataclass
 class Session:
     """One device's session."""
 
@@ -147,16 +136,16 @@ class EdgeServer:
                  limits: EdgeLimits = EdgeLimits(), token: str = "", head_dir: str | None = None,
                  curve_secret_key: bytes | None = None, profile: ComputeProfile = ComputeProfile(),
                  lambda_ms: float | None = None, curve_allow: str | os.PathLike | None = None, oracle=None,
-                 stop: StopCriteria | None = None):
+                 stop_rules: StopCriteria | None = None):
         """``oracle``: a :class:`nodes.oracle.AnswerOracle` for the run's task (the ``oracle``
-        protocol is refused without one). ``stop``: where the run's task ends an output (its stop
+        protocol is refused without one). ``stop_rules``: where the run's task ends an output (its stop
         sequences and every EOS id, :func:`nodes.decoding.stopping.stop_criteria_for`); the edge
         decoding alone (``ar-edge``) stops there (default: at ``eos_token_id``). ``curve_allow``: with ``curve_secret_key``, the folder
         of allowed client public keys (``*.key`` certificates), or ``zmq.auth.CURVE_ALLOW_ANY`` to admit any client key; CURVE
         without one of them is refused (ValueError)."""
         self.target, self.eos, self.limits, self.token = target, eos_token_id, limits, token
         self.profile, self.lambda_ms, self.head_dir, self.oracle = profile, lambda_ms, head_dir, oracle
-        self.stop = stop
+        self.stop_rules = stop_rules
         self.identity = model_identity(target.config)  # what a decision head must belong to
         self.sock = None
         self.endpoint = ""

@@ -153,7 +153,7 @@ def simulate_protocol(pair: ModelPair, trace: Trace | list[Trace], cfg: RunConfi
     oracle = oracle or AnswerOracle(pair.target, pair.tokenizer, pair.eos_token_id, cfg.task)
     edge = EdgeServer(pair.target, pair.eos_token_id, bind=None, head_dir=cfg.head_dir, profile=cfg.compute.edge,
                       lambda_ms=cfg.lambda_ms, oracle=oracle,
-                      stop=stop_criteria_for(cfg.task.make(), pair.tokenizer, pair.target, cfg.task.chat_template))
+                      stop_rules=stop_criteria_for(cfg.task.make(), pair.tokenizer, pair.target, cfg.task.chat_template))
     tags = [device_tag(cfg.protocol, d.index, len(devices)) for d in devices]
     loggers = [RoundLogger(out_dir / f"rounds-{tag}.jsonl") if out_dir else None for tag in tags]
     clients = []

@@ -148,7 +148,7 @@ def test_the_edge_decoding_alone_stops_at_the_task_s_stop_rules(chain):
     stop = stop_criteria_for(t, pair.tokenizer, pair.target)
 
     def decoded(rules) -> list[int]:
-        edge = EdgeServer(pair.target, pair.eos_token_id, bind=None, stop=rules)
+        edge = EdgeServer(pair.target, pair.eos_token_id, bind=None, stop_rules=rules)
         ack = decode(edge.handle_frames(b"d", encode(Hello("dev0", "ar-edge", 4, 0.0, "f16", "", 0, 0))))
         return list(decode(edge.handle_frames(b"d", encode(Start("r", prompt, 16, ack.secret)))).tokens)
 

@@ -21,16 +21,51 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING, Any, Callable, Protocol as Interface
 
 from channel_models.csi import CSI
 from nodes.decoding.policies import VerificationPolicy
+from nodes.edge_request import Request
 
-if TYPE_CHECKING:  # type hints only: the nodes import this module
-    from nodes.device import DeviceClient
-    from nodes.edge import EdgeServer, Session
+if TYPE_CHECKING:  # type hints only
+    from nodes.decoding import Verifier
+    from nodes.decoding.stopping import StopCriteria
     from nodes.telemetry import RoundLog
     from nodes.wire import Message, Start
+
+
+class RequestDriver(Interface):
+    """What a protocol's device side runs a request with: the device client
+    (:class:`nodes.device.DeviceClient`), seen through the calls a protocol may make."""
+
+    secret: str
+
+    def speculate(self, request_id: str, prompt: list[int], max_new_tokens: int, rounds: list["RoundLog"],
+                  side: "DeviceSide") -> list[int]:
+        """Draft-and-verify rounds until the edge says the request is done; the output tokens."""
+
+    def begin_round(self, rnd: int) -> Any:
+        """Start round ``rnd``'s clock, byte counters and CSI report."""
+
+    def exchange(self, msg: "Message", expect: tuple[type, ...], rnd: Any = None) -> "Message":
+        """Send ``msg``; the edge's matching reply."""
+
+    def finish_round(self, rnd: Any, request_id: str, **fields: Any) -> "RoundLog":
+        """The record of a finished round."""
+
+
+class EdgeHost(Interface):
+    """What a protocol's edge side reads of the edge (:class:`nodes.edge.EdgeServer`)."""
+
+    eos: int | None
+    stop_rules: "StopCriteria | None"
+
+
+class SessionState(Interface):
+    """What a protocol's edge side reads and sets of a device's session (:class:`nodes.edge.Session`)."""
+
+    verifier: "Verifier"
+    request: Request | None
 
 DEFAULT_HEAD_DIR = Path(__file__).resolve().parent.parent / "pretrained" / "default"
 UPLOADS = ("none", "all", "mismatch", "adaptive")
@@ -86,7 +121,7 @@ class DeviceSide:
     def __init__(self, protocol: "Protocol", setup: DeviceSetup):
         self.protocol, self.setup = protocol, setup
 
-    def run_request(self, client: "DeviceClient", request_id: str, prompt: list[int], max_new_tokens: int,
+    def run_request(self, client: RequestDriver, request_id: str, prompt: list[int], max_new_tokens: int,
                     rounds: list["RoundLog"]) -> list[int]:
         """Run one request through ``client``'s primitives; returns the output tokens and appends
         each finished round's record to ``rounds``."""
@@ -119,9 +154,8 @@ class EdgeSide:
         self.policy: VerificationPolicy | None = protocol.edge_policy(setup.temperature, setup.head_dir,
                                                                      setup.lambda_ms, setup.pair, setup.oracle)
 
-    def start(self, edge: "EdgeServer", session: "Session", msg: "Start") -> "Message":
+    def start(self, edge: EdgeHost, session: SessionState, msg: "Start") -> "Message":
         """Open request ``msg`` (its prompt already checked) and return the reply."""
-        from nodes.edge import Request
         from nodes.wire import StartAck
 
         session.verifier.reset()

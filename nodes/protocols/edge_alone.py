@@ -10,11 +10,9 @@ import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from nodes.protocols.base import DeviceSide, EdgeSide, EdgeSetup, Protocol
+from nodes.protocols.base import DeviceSide, EdgeHost, EdgeSide, EdgeSetup, Protocol, RequestDriver, SessionState
 
 if TYPE_CHECKING:
-    from nodes.device import DeviceClient
-    from nodes.edge import EdgeServer, Session
     from nodes.telemetry import RoundLog
     from nodes.wire import Message, Start
 
@@ -22,7 +20,7 @@ if TYPE_CHECKING:
 class EdgeAloneDevice(DeviceSide):
     """One ``start`` → ``result`` exchange per request."""
 
-    def run_request(self, client: "DeviceClient", request_id: str, prompt: list[int], max_new_tokens: int,
+    def run_request(self, client: RequestDriver, request_id: str, prompt: list[int], max_new_tokens: int,
                     rounds: list["RoundLog"]) -> list[int]:
         """Send the prompt, receive the target's output; one round record."""
         from nodes.wire import Result, Start
@@ -41,13 +39,13 @@ class EdgeAloneEdge(EdgeSide):
     def __init__(self, protocol: "Protocol", setup: EdgeSetup):
         self.protocol, self.setup, self.policy = protocol, setup, None  # nothing to verify
 
-    def start(self, edge: "EdgeServer", session: "Session", msg: "Start") -> "Message":
+    def start(self, edge: EdgeHost, session: SessionState, msg: "Start") -> "Message":
         """The whole output, with the compute time (ms) it took."""
         from nodes.decoding import autoregressive_generate
         from nodes.wire import Result
 
         t0 = time.perf_counter()
-        out = autoregressive_generate(session.verifier.lm, msg.prompt, msg.max_new_tokens, edge.eos, stop=edge.stop)
+        out = autoregressive_generate(session.verifier.lm, msg.prompt, msg.max_new_tokens, edge.eos, stop=edge.stop_rules)
         return Result(msg.request_id, out, (time.perf_counter() - t0) * 1000.0)
 
 
