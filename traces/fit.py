@@ -166,7 +166,9 @@ def fit_channel(trace: Trace, bandwidth_hz: float | None = None, overhead: float
                 snr, src = trace.data[f"snr_db_{d}"].to_numpy(dtype=float), "snr_db"
             else:
                 _refuse_on_off(trace, d, step)
-                snr = equivalent_snr_db(rate, bw, overhead, ShannonMapping().effective_gap_db)
+                # an outage (rate 0, kept by the importers) enters the fit at the rate floor: a
+                # fading channel's deepest fade, not an SNR of -inf dB
+                snr = equivalent_snr_db(np.maximum(rate, MIN_RATE_BPS), bw, overhead, ShannonMapping().effective_gap_db)
                 src = "rate (inverted Shannon)"
         slow = _moving_average(snr, win)
         mu, sd, rho = ar1_fit(slow[::win] if win > 1 else slow)
