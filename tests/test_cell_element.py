@@ -42,6 +42,16 @@ def _element(cell, rates, scheduler="round-robin", queue_num=5):
     return el
 
 
+def _drain(el, timeout_s: float = 10.0) -> None:
+    """Wait until the element holds no packet (bounded: AssertionError after ``timeout_s`` s)."""
+    import time
+
+    deadline = time.monotonic() + timeout_s
+    while sum(el.stats()["queued_packets"]) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not sum(el.stats()["queued_packets"]), "the cell element did not drain"
+
+
 def test_round_robin_three_senders_equal_shares_then_a_lone_sender_gets_the_cell():
     from topologies.cell_netns import scratch_cell, udp_load
 
@@ -51,6 +61,7 @@ def test_round_robin_three_senders_equal_shares_then_a_lone_sender_gets_the_cell
         try:
             both = udp_load(cell, [0, 1, 2], rate_bps=5e6, size=SIZE, duration_s=3.0)  # 15 Mbit/s offered
             s = el.stats()
+            _drain(el)  # the backlog the three left behind would share the cell with the lone sender
             lone = udp_load(cell, [2], rate_bps=12e6, size=SIZE, duration_s=3.0)
             s2 = el.stats()
         finally:
