@@ -19,7 +19,7 @@ bench: install
 clean:
 	rm -rf runs/out .pytest_cache
 
-# The README's SNR-sweep figure (simulated; deterministic with the shipped compute profiles).
+# The SNR-sweep figure of docs/benchmarks.md (simulated; deterministic with the shipped compute profiles).
 snr-figure: install
 	$(VENV)/bin/wisv run examples/snr_sweep.yaml --simulate -o runs/out/snr --overwrite
 	mkdir -p docs/img

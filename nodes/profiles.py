@@ -11,8 +11,8 @@ measured time.
 Presets (:data:`PRESETS`) stand for the paper's hardware class. Batch-1 decoding is bound by
 memory bandwidth: each step reads every weight once, so a step costs weight bytes / effective
 bandwidth, whatever the few tokens it handles; checking γ + 1 tokens adds their compute (2 FLOP
-per parameter per token) at a fraction of peak tensor throughput. Sources (README: compute
-profiles): model sizes from the model cards, bandwidth and FP16 tensor throughput from the
+per parameter per token) at a fraction of peak tensor throughput. Sources
+(docs/reports-and-sweeps.md: compute profiles): model sizes from the model cards, bandwidth and FP16 tensor throughput from the
 vendors' datasheets; the efficiency factors are our assumptions, stated per preset.
 """
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """Per-round logs written as they happen: one JSON line per round, appended and flushed, so a
 killed run keeps every round it finished (SPEC §5 fields). Every line is flat: the CSI report
-becomes ``csi_*`` columns, the same in the Python API, the CLI and the Parquet tables (README:
-output schema)."""
+becomes ``csi_*`` columns, the same in the Python API, the CLI and the Parquet tables
+(docs/reports-and-sweeps.md: output schema)."""
 from __future__ import annotations
 
 import json

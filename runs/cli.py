@@ -197,7 +197,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     par.add_argument("--jobs", type=int, metavar="N", help="run N runs at a time on this machine (a private Ray "
                      "instance; emulated runs still one at a time); a failed run no longer stops the others (exit 4)")
     par.add_argument("--ray", metavar="ADDRESS", help="submit every run to the Ray cluster at ADDRESS (host:port, or "
-                     "auto); emulated runs go only to nodes with the wisv_emulation resource (README)")
+                     "auto); emulated runs go only to nodes with the wisv_emulation resource (docs/reports-and-sweeps.md)")
     p.add_argument("--problems", type=int, help="task.problems (problems per protocol, device and repetition)")
     p.add_argument("--protocols", help="comma-separated protocols (spec key protocols)")
     p.add_argument("--gamma", type=int, help="draft tokens per round (spec key gamma)")

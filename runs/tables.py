@@ -5,7 +5,7 @@ A run directory holds, per protocol (and per device when there are several: ``<p
 run config they ran under) and, emulated, ``link-steps-*.csv``. ``rounds.parquet``,
 ``requests.parquet`` and ``link_steps.parquet`` are those rows with the columns ``run``,
 ``rep``, ``mode``, ``gamma`` and ``lambda_ms`` added, and one column per swept spec key
-(named by the dotted key, e.g. ``trace.generate.up.mean_snr_db``; README: output schema). A
+(named by the dotted key, e.g. ``trace.generate.up.mean_snr_db``; docs/reports-and-sweeps.md: output schema). A
 round's own ``gamma`` (the draft length its protocol asked that round) stays: the run's
 configured γ is the ``gamma`` of its requests.
 

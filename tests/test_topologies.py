@@ -67,7 +67,7 @@ def test_delay_changing_every_50ms_and_loss(support, backend, tmp_path):
         assert abs(r["owd_median_error_ms"]) < 0.5, r
         assert r["owd_p99_error_ms"] < 5.0, r  # the goal of +2 ms is checked by the benchmark on an idle machine
         assert abs(r["loss_error_pp"]) < 1.0, r
-        assert r["reordered"] <= 2, r  # see README: the kernel may swap two packets before the queue
+        assert r["reordered"] <= 2, r  # see docs/links-and-topologies.md: the kernel may swap two packets before the queue
 
 
 def zmq_rtts_ms(net, out: Path, count: int = 60) -> np.ndarray:

@@ -2,7 +2,7 @@
 
 A trace is a table with a row per step: ``t_ms`` and, per direction (``up`` = device→edge,
 ``down`` = edge→device), ``rate_bps_*``, ``delay_ms_*`` and ``loss_*``; a row holds until
-the next row's ``t_ms`` (the last one for ``step_ms``). See README "Trace format".
+the next row's ``t_ms`` (the last one for ``step_ms``). See docs/traces.md "Trace format".
 """
 from traces.format import Trace, TraceFormatError, read_trace, write_trace
 
