@@ -215,8 +215,8 @@ def cmd_edge(a: argparse.Namespace) -> int:
                         max_prompt_tokens=a.max_prompt_tokens), a.token, cfg.head_dir,
                         curve_secret_key=secret, profile=cfg.compute.edge, lambda_ms=cfg.lambda_ms, curve_allow=allow,
                         oracle=AnswerOracle(pair.target, pair.tokenizer, pair.eos_token_id, cfg.task),
-                        stop_rules=stop_criteria_for(cfg.task.make(), pair.tokenizer, pair.target, cfg.task.chat_template)
-                        if a.config else None)
+                        stop_rules=stop_criteria_for(cfg.task.make(), pair.tokenizer, pair.target,
+                                                     cfg.task.chat_template) if a.config else None)
     signal.signal(signal.SIGTERM, lambda *_: server.stop())
     logging.getLogger(__name__).info("edge serving on %s", server.endpoint)
     sys.stdout.write(f"ready {server.endpoint}\n")

@@ -140,9 +140,10 @@ class EdgeServer:
         """``oracle``: a :class:`nodes.oracle.AnswerOracle` for the run's task (the ``oracle``
         protocol is refused without one). ``stop_rules``: where the run's task ends an output (its stop
         sequences and every EOS id, :func:`nodes.decoding.stopping.stop_criteria_for`); the edge
-        decoding alone (``ar-edge``) stops there (default: at ``eos_token_id``). ``curve_allow``: with ``curve_secret_key``, the folder
-        of allowed client public keys (``*.key`` certificates), or ``zmq.auth.CURVE_ALLOW_ANY`` to admit any client key; CURVE
-        without one of them is refused (ValueError)."""
+        decoding alone (``ar-edge``) stops there (default: at ``eos_token_id``). ``curve_allow``:
+        with ``curve_secret_key``, the folder of allowed client public keys (``*.key``
+        certificates), or ``zmq.auth.CURVE_ALLOW_ANY`` to admit any client key; CURVE without one
+        of them is refused (ValueError)."""
         self.target, self.eos, self.limits, self.token = target, eos_token_id, limits, token
         self.profile, self.lambda_ms, self.head_dir, self.oracle = profile, lambda_ms, head_dir, oracle
         self.stop_rules = stop_rules

@@ -45,7 +45,8 @@ class EdgeAloneEdge(EdgeSide):
         from nodes.wire import Result
 
         t0 = time.perf_counter()
-        out = autoregressive_generate(session.verifier.lm, msg.prompt, msg.max_new_tokens, edge.eos, stop=edge.stop_rules)
+        out = autoregressive_generate(session.verifier.lm, msg.prompt, msg.max_new_tokens, edge.eos,
+                                      stop=edge.stop_rules)
         return Result(msg.request_id, out, (time.perf_counter() - t0) * 1000.0)
 
 
