@@ -353,3 +353,18 @@ def test_a_topology_declared_in_a_test_with_a_link_two_devices_share(support, ba
         assert "rate 3Mbit" in shown, shown
         rtt = zmq_rtts_ms(net, tmp_path / "rtt.npy", count=5)  # device 0 through both shared directions
         assert float(np.median(rtt)) >= 40.0, rtt
+
+
+def test_a_run_tag_without_digits_still_builds_its_access_point(support, tmp_path, monkeypatch):
+    """Mininet derives a switch's datapath id from the digits of its name; the access point's
+    name carries the run's random tag, which may have none ("abcd"): the network gives its
+    switches an explicit id, so such a run builds (CI hit this once in ~40 runs)."""
+    import uuid
+
+    from topologies import net as net_module
+    from topologies.net import EmulatedNetwork
+    from topologies.topo import Star
+
+    monkeypatch.setattr(net_module.uuid, "uuid4", lambda: uuid.UUID("abcdabcd-abcd-4bcd-abcd-abcdabcdabcd"))
+    with EmulatedNetwork(Star(n_devices=1), run_dir=tmp_path) as net:
+        assert net.tag == "abcd" and len(net.devices) == 1

@@ -392,8 +392,11 @@ class EmulatedNetwork:
         lay = self.layout
         for h in lay.hosts:
             self.nodes[h.name] = self.net.addHost(node_name(h.name, self.tag), cls=Host, ip=f"{h.ip}/24")
-        for sw in lay.switches:
-            self.nodes[sw.name] = self.net.addSwitch(node_name(sw.name, self.tag), cls=LinuxBridge, stp=False)
+        for k, sw in enumerate(lay.switches):
+            # an explicit datapath id: Mininet derives one from the digits of the name, and a random
+            # tag may have none ("Unable to derive default datapath ID")
+            self.nodes[sw.name] = self.net.addSwitch(node_name(sw.name, self.tag), cls=LinuxBridge, stp=False,
+                                                     dpid=f"{int(self.tag, 16):012x}{k:04x}")
             self._root_ifaces.append(node_name(sw.name, self.tag))
         for ln in lay.links:
             link = self.net.addLink(self.nodes[ln.a], self.nodes[ln.b])
