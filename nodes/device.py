@@ -215,8 +215,7 @@ class DeviceClient:
         self.wire_width = wire_width(int(drafter.config.hidden_size), cfg.hidden_wire_width)
         self.side: DeviceSide = self.protocol.device(DeviceSetup(
             cfg.gamma, cfg.temperature, array_nbytes((1, self.wire_width), cfg.hidden_dtype)))
-        self._stop: StopCriteria | None = None  # the request in progress: its stop rules …
-        self._ended = ""  # … and why it ended, once a stop rule fired
+        self._stop: StopCriteria | None = None  # the stop rules of the request in progress
 
     @classmethod
     def connect(cls, drafter: torch.nn.Module, endpoint: str, cfg: RunConfig, eos_token_id: int | None, *,
@@ -250,7 +249,7 @@ class DeviceClient:
         sequences): the device drafts no further, ends the request and drops the tokens past the
         stop."""
         rid = request_id or uuid.uuid4().hex[:12]
-        self._stop, self._ended = stop, ""
+        self._stop = stop
         t0 = self.transport.now_ms()
         rounds: list[RoundLog] = []
         out: list[int] = []
@@ -261,13 +260,8 @@ class DeviceClient:
         hit = stop.check(out) if stop is not None else None
         if hit is not None:  # the edge decoded alone, or its EOS is one of several
             del out[hit.keep:]
-        reason = hit.reason if hit is not None else self._end_reason(out, max_new_tokens)
+        reason = hit.reason if hit is not None else rounds[-1].end_reason if rounds else "budget"
         return RequestResult(rid, out, rounds, self.transport.now_ms() - t0, end_reason=reason)
-
-    def _end_reason(self, out: list[int], max_new_tokens: int) -> str:
-        if self._ended:
-            return self._ended
-        return "eos" if self.eos is not None and out and out[-1] == self.eos else "budget"
 
     def speculate(self, rid: str, prompt: list[int], max_new_tokens: int, rounds: list[RoundLog],
                   side: DeviceSide) -> list[int]:
@@ -309,14 +303,12 @@ class DeviceClient:
             new = block.tokens[: v.accepted] + [v.next_token]
             hit = stop.check(out + new, len(out)) if stop is not None else None
             if hit is not None:  # tokens past the stop are not output
-                new, self._ended = new[: hit.keep - len(out)], hit.reason
+                new = new[: hit.keep - len(out)]
             seq.extend(new)
             out.extend(new)
             self.drafter.commit(len(seq))
             record = self.finish_round(rnd, rid, gamma=gamma, drafted=len(block.tokens), reply=v, new_tokens=new,
-                                       done=v.done or hit is not None, accepted=v.accepted,
-                                       accepted_exact=v.accepted_exact, first_mismatch=v.first_mismatch,
-                                       harmless=v.harmless, draft_ms=block.draft_ms, draft_pad_ms=pad_ms,
+                                       done=v.done or hit is not None, draft_ms=block.draft_ms, draft_pad_ms=pad_ms,
                                        upload=upload if upload != "none" else "", hidden_rows=rows,
                                        end=hit.reason if hit is not None else "")
             rounds.append(record)
@@ -342,11 +334,11 @@ class DeviceClient:
         return self.transport.exchange(msg, expect, rnd.counts if rnd is not None else ExchangeCounts())
 
     def finish_round(self, rnd: RoundInProgress, request_id: str, *, gamma: int, drafted: int,
-                     reply: Verdict | Result, new_tokens: list[int], done: bool, accepted: int = 0,
-                     accepted_exact: int = 0, first_mismatch: int = -1, harmless: int = 0, draft_ms: float = 0.0,
+                     reply: Verdict | Result, new_tokens: list[int], done: bool, draft_ms: float = 0.0,
                      draft_pad_ms: float = 0.0, upload: str = "", hidden_rows: int = 0, end: str = "") -> RoundLog:
         """The record of a finished round (written to the round log, if any): the device's own
-        times and counts joined with the edge's reply — its decision and its times, so that
+        times and counts joined with the edge's reply — its decision (a verdict's; none for a
+        result of the edge decoding alone) and its times, so that
         ``link_ms`` is the wall time less the draft and the edge's residence (its compute, for
         an edge that does not report residence)."""
         wall = self.transport.now_ms() - rnd.t0_ms
@@ -355,8 +347,9 @@ class DeviceClient:
         c = rnd.counts
         rec = RoundLog(
             run_id=self.cfg.run_id, protocol=self.protocol.name, device_id=self.cfg.device_id, request_id=request_id,
-            round=rnd.round, drafted=drafted, accepted=accepted, accepted_exact=accepted_exact,
-            first_mismatch=first_mismatch, harmless=harmless, next_token=new_tokens[-1] if new_tokens else -1,
+            round=rnd.round, drafted=drafted, accepted=getattr(reply, "accepted", 0),
+            accepted_exact=getattr(reply, "accepted_exact", 0), first_mismatch=getattr(reply, "first_mismatch", -1),
+            harmless=getattr(reply, "harmless", 0), next_token=new_tokens[-1] if new_tokens else -1,
             up_bytes=c.up_bytes, down_bytes=c.down_bytes, round_trips=c.round_trips, draft_ms=draft_ms,
             verify_ms=reply.verify_ms, link_ms=max(0.0, wall - draft_ms - edge_ms), wall_ms=wall, t_start=rnd.t_wall,
             t_end=self.transport.wall_s(), retries=c.retries, csi=rnd.csi, draft_pad_ms=draft_pad_ms,
