@@ -51,6 +51,7 @@ from nodes.wire import (WIRE_DTYPES, Bye, Draft, Envelope, Error, Hello, HelloAc
 
 log = logging.getLogger(__name__)
 MAX_ERROR_CHARS = 300  # error replies echo peer input: cut them
+MAX_INBOX = 1024  # messages received and stamped but not yet handled (beyond: left in the socket)
 
 
 @dataclass(frozen=True)
@@ -231,14 +232,18 @@ class EdgeServer:
     def _receive(self, inbox: queue.SimpleQueue, replies: zmq.Socket, done: threading.Event, poll_ms: int) -> None:
         """The receiver thread: stamp and queue every message from the socket, send every reply
         from ``replies``, until ``done`` (replies already handed over are still sent)."""
-        poller = zmq.Poller()
-        poller.register(self.sock, zmq.POLLIN)
-        poller.register(replies, zmq.POLLIN)
+        both, replies_only = zmq.Poller(), zmq.Poller()
+        both.register(self.sock, zmq.POLLIN)
+        both.register(replies, zmq.POLLIN)
+        replies_only.register(replies, zmq.POLLIN)
         while not done.is_set() or replies.poll(0):
-            ready = dict(poller.poll(poll_ms))
+            # a full inbox leaves messages in the socket, whose high-water mark bounds them (a flood
+            # cannot grow the edge's memory through this thread)
+            full = inbox.qsize() >= MAX_INBOX
+            ready = dict((replies_only if full else both).poll(poll_ms if not full else 1))
             while replies.poll(0):
                 self.sock.send_multipart(replies.recv_multipart())
-            while self.sock in ready and self.sock.poll(0):
+            while self.sock in ready and inbox.qsize() < MAX_INBOX and self.sock.poll(0):
                 frames = self.sock.recv_multipart(copy=True)
                 if len(frames) >= 2:
                     inbox.put((Arrival.now(), frames))
