@@ -39,7 +39,7 @@ import torch
 import zmq
 
 from channel_models.csi import CSI
-from nodes.decoding import RoundOutcome, Verifier, verify_round
+from nodes.decoding import Verifier, verify_round
 from nodes.decoding.stopping import StopCriteria
 from nodes.decoding.policies import VerificationPolicy
 from nodes.profiles import ComputeProfile, sleep_ms

@@ -19,7 +19,7 @@ from pathlib import Path
 
 from nodes.config import RunConfig
 from runs.devices import DeviceSetup, resolve_devices
-from runs.spec import RunSpec, resolve_path
+from runs.spec import RunSpec
 from topologies.replayer import ReplayOptions
 
 
